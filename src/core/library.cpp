@@ -1,0 +1,182 @@
+// Backend selection, argument checks and fork handling: the one place that holds the
+// library's process-wide state (the selected backend), guarded by one mutex.
+
+#include "core/library.hpp"
+
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "core/backend.hpp"
+#include "kernel/kernel_backend.hpp"
+#include "user/user_backend.hpp"
+#include "util/error.hpp"
+#include "util/mapping.hpp"
+
+namespace xpmem::core {
+namespace {
+
+using util::throw_errno;
+
+// A forced backend that cannot work fails loudly: errno alone would not say why.
+[[noreturn]] void fail_selection(int error, const std::string &why) {
+    std::fprintf(stderr, "libxpmem: %s\n", why.c_str());
+    throw_errno(error, "backend selection");
+}
+
+std::unique_ptr<Backend> select_backend() {
+    const char *forced = std::getenv("XPMEM_BACKEND");
+    std::string choice = forced != nullptr ? forced : "";
+    if (choice == "user") return make_user_backend();
+    if (choice == "kernel") {
+        kernel::Probe probe = kernel::probe_device();
+        if (probe.error != 0)
+            fail_selection(probe.error, "XPMEM_BACKEND=kernel, but " + probe.message);
+        return kernel::make_kernel_backend(std::move(probe));
+    }
+    if (!choice.empty())
+        fail_selection(EINVAL, "XPMEM_BACKEND=" + choice + " is neither 'user' nor 'kernel'");
+    kernel::Probe probe = kernel::probe_device();
+    if (probe.error == 0) return kernel::make_kernel_backend(std::move(probe));
+    return make_user_backend();
+}
+
+class Library {
+public:
+    Backend &backend() {
+        std::lock_guard lock(mutex_);
+        if (!backend_) {
+            backend_ = select_backend();
+            std::call_once(atfork_registered_, [] {
+                ::pthread_atfork(&Library::prepare, &Library::parent, &Library::child);
+            });
+        }
+        return *backend_;
+    }
+
+    static Library &instance() {
+        static Library library;
+        return library;
+    }
+
+private:
+    static void prepare() {
+        Library &self = instance();
+        self.mutex_.lock();
+        if (self.backend_) self.backend_->before_fork();
+    }
+    static void parent() {
+        Library &self = instance();
+        if (self.backend_) self.backend_->after_fork_parent();
+        self.mutex_.unlock();
+    }
+    static void child() {
+        Library &self = instance();
+        if (self.backend_) {
+            self.backend_->after_fork_child();
+            self.backend_.reset();
+        }
+        self.mutex_.unlock();
+    }
+
+    std::mutex mutex_;
+    std::unique_ptr<Backend> backend_;
+    std::once_flag atfork_registered_;
+};
+
+// Highest address a page can be mapped at, probed once: TASK_SIZE differs between
+// 4- and 5-level paging and between architectures.
+std::uintptr_t probe_user_space_end() {
+    for (unsigned bits : {56U, 52U, 48U, 47U}) {
+        std::uintptr_t top = std::uintptr_t{1} << bits;
+        for (std::uintptr_t end : {top, top - util::kPageSize}) {
+            void *want = reinterpret_cast<void *>(end - util::kPageSize);
+            void *got = ::mmap(want, util::kPageSize, PROT_NONE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            if (got == MAP_FAILED) {
+                if (errno == EEXIST) return end;  // something is mapped there: it is valid
+                continue;
+            }
+            ::munmap(got, util::kPageSize);
+            if (got == want) return end;
+        }
+    }
+    return (std::uintptr_t{1} << 47) - util::kPageSize;
+}
+
+bool in_user_space(std::uintptr_t address, std::size_t size) {
+    std::uintptr_t end = user_space_end();
+    return address < end && size <= end - address;
+}
+
+int to_mode(void *permit_value) {
+    auto mode = reinterpret_cast<std::uintptr_t>(permit_value);
+    if ((mode & ~std::uintptr_t{0777}) != 0) throw_errno(EINVAL, "permit mode");
+    return static_cast<int>(mode);
+}
+
+}  // namespace
+
+Backend &backend() { return Library::instance().backend(); }
+
+std::uintptr_t user_space_end() {
+    static const std::uintptr_t end = probe_user_space_end();
+    return end;
+}
+
+int version() { return backend().version(); }
+
+std::string_view backend_name() { return backend().name(); }
+
+xpmem_segid_t make(void *vaddr, std::size_t size, int permit_type, void *permit_value) {
+    if (permit_type != XPMEM_PERMIT_MODE) throw_errno(EINVAL, "xpmem_make: permit type");
+    int mode = to_mode(permit_value);
+    auto address = reinterpret_cast<std::uintptr_t>(vaddr);
+    if (!util::page_aligned(address)) throw_errno(EINVAL, "xpmem_make: address");
+    if (size == XPMEM_MAXADDR_SIZE) {
+        if (address >= user_space_end()) throw_errno(EINVAL, "xpmem_make: address");
+        size = user_space_end() - address;
+    }
+    if (size == 0 || !util::page_aligned(size) || !in_user_space(address, size))
+        throw_errno(EINVAL, "xpmem_make: range");
+    return backend().make(address, size, static_cast<mode_t>(mode));
+}
+
+void remove(xpmem_segid_t segid) {
+    if (segid <= 0) throw_errno(EINVAL, "xpmem_remove: segid");
+    backend().remove(segid);
+}
+
+xpmem_apid_t get(xpmem_segid_t segid, int flags, int permit_type, void * /*ignored*/) {
+    if (segid <= 0) throw_errno(EINVAL, "xpmem_get: segid");
+    if (flags != XPMEM_RDONLY && flags != XPMEM_RDWR) throw_errno(EINVAL, "xpmem_get: flags");
+    if (permit_type != XPMEM_PERMIT_MODE) throw_errno(EINVAL, "xpmem_get: permit type");
+    return backend().get(segid, flags);
+}
+
+void release(xpmem_apid_t apid) {
+    if (apid <= 0) throw_errno(EINVAL, "xpmem_release: apid");
+    backend().release(apid);
+}
+
+void *attach(xpmem_addr addr, std::size_t size, void *vaddr) {
+    if (addr.apid <= 0) throw_errno(EINVAL, "xpmem_attach: apid");
+    if (addr.offset < 0 || !util::page_aligned(static_cast<std::uintptr_t>(addr.offset)))
+        throw_errno(EINVAL, "xpmem_attach: offset");
+    if (size == 0 || size > user_space_end()) throw_errno(EINVAL, "xpmem_attach: size");
+    size = util::page_up(size);
+    auto address = reinterpret_cast<std::uintptr_t>(vaddr);
+    if (vaddr != nullptr && (!util::page_aligned(address) || !in_user_space(address, size)))
+        throw_errno(EINVAL, "xpmem_attach: address");
+    return backend().attach(addr.apid, static_cast<std::uint64_t>(addr.offset), size, vaddr);
+}
+
+void detach(void *vaddr) { backend().detach(vaddr); }
+
+}  // namespace xpmem::core

@@ -1,0 +1,30 @@
+// The operations of the API, argument-checked once for every backend, over the backend
+// that serves this process. Failures throw std::system_error (an errno value).
+#pragma once
+
+#include <xpmem.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace xpmem::core {
+
+class Backend;
+
+// The backend serving this process, selected on first use (see select_backend()).
+Backend &backend();
+
+// One past the highest user-space address of this process.
+std::uintptr_t user_space_end();
+
+int version();
+std::string_view backend_name();
+xpmem_segid_t make(void *vaddr, std::size_t size, int permit_type, void *permit_value);
+void remove(xpmem_segid_t segid);
+xpmem_apid_t get(xpmem_segid_t segid, int flags, int permit_type, void *permit_value);
+void release(xpmem_apid_t apid);
+void *attach(xpmem_addr addr, std::size_t size, void *vaddr);
+void detach(void *vaddr);
+
+}  // namespace xpmem::core

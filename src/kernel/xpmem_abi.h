@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR MIT) */
+/*
+ * The classic /dev/xpmem ioctl ABI (spec section 3): _IO('x', n) commands carrying a
+ * pointer to one of these LP64 structs. Shared by the library's kernel backend and
+ * the module, so both speak to the classic counterparts unchanged.
+ */
+#ifndef XPMEM_ABI_H
+#define XPMEM_ABI_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define XPMEM_DEVICE_PATH "/dev/xpmem"
+#define XPMEM_IOC_MAGIC 'x'
+
+struct xpmem_cmd_make {
+	__u64 vaddr;
+	__u64 size;
+	int permit_type;
+	__u64 permit_value;
+	__s64 segid; /* out */
+};
+
+struct xpmem_cmd_remove {
+	__s64 segid;
+};
+
+struct xpmem_cmd_get {
+	__s64 segid;
+	int flags;
+	int permit_type;
+	__u64 permit_value;
+	__s64 apid; /* out */
+};
+
+struct xpmem_cmd_release {
+	__s64 apid;
+};
+
+struct xpmem_cmd_attach {
+	__s64 apid;
+	__s64 offset;
+	__u64 size;
+	__u64 vaddr; /* in: wanted (0: any), out: got */
+	int fd;      /* unused */
+	int flags;   /* unused */
+};
+
+struct xpmem_cmd_detach {
+	__u64 vaddr;
+};
+
+#define XPMEM_CMD_VERSION _IO(XPMEM_IOC_MAGIC, 0)
+#define XPMEM_CMD_MAKE _IO(XPMEM_IOC_MAGIC, 1)
+#define XPMEM_CMD_REMOVE _IO(XPMEM_IOC_MAGIC, 2)
+#define XPMEM_CMD_GET _IO(XPMEM_IOC_MAGIC, 3)
+#define XPMEM_CMD_RELEASE _IO(XPMEM_IOC_MAGIC, 4)
+#define XPMEM_CMD_ATTACH _IO(XPMEM_IOC_MAGIC, 5)
+#define XPMEM_CMD_DETACH _IO(XPMEM_IOC_MAGIC, 6)
+#define XPMEM_CMD_FORK_BEGIN _IO(XPMEM_IOC_MAGIC, 7)
+#define XPMEM_CMD_FORK_END _IO(XPMEM_IOC_MAGIC, 8)
+
+#endif /* XPMEM_ABI_H */

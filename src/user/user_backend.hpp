@@ -1,0 +1,12 @@
+#pragma once
+
+#include <memory>
+
+#include "core/backend.hpp"
+
+namespace xpmem::core {
+
+// The backend that needs no kernel module and no privilege (spec section 5).
+std::unique_ptr<Backend> make_user_backend();
+
+}  // namespace xpmem::core
