@@ -1,0 +1,147 @@
+#include "harness.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <thread>
+
+namespace xt {
+
+void fail(const char *file, int line, const std::string &what) {
+    std::fprintf(stderr, "[child %d] %s:%d: check failed: %s\n", getpid(), file, line,
+                 what.c_str());
+    std::fflush(stderr);
+    _exit(100);
+}
+
+bool Status::exited_ok() const { return WIFEXITED(raw) && WEXITSTATUS(raw) == 0; }
+
+int Status::signal() const { return WIFSIGNALED(raw) ? WTERMSIG(raw) : 0; }
+
+std::string Status::describe() const {
+    if (WIFEXITED(raw)) return "exited with " + std::to_string(WEXITSTATUS(raw));
+    if (WIFSIGNALED(raw)) return std::string("killed by ") + strsignal(WTERMSIG(raw));
+    return "status " + std::to_string(raw);
+}
+
+Process::Process(std::function<void()> body) {
+    std::fflush(nullptr);
+    pid_ = fork();
+    if (pid_ < 0) throw std::system_error(errno, std::generic_category(), "fork");
+    if (pid_ == 0) {
+        try {
+            body();
+        } catch (const std::exception &error) {
+            std::fprintf(stderr, "[child %d] exception: %s\n", getpid(), error.what());
+            _exit(101);
+        }
+        std::fflush(nullptr);
+        _exit(0);
+    }
+}
+
+Process::Process(Process &&other) noexcept : pid_(std::exchange(other.pid_, -1)) {}
+
+Process::~Process() {
+    if (pid_ > 0) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, nullptr, 0);
+    }
+}
+
+Status Process::wait(std::chrono::seconds timeout) {
+    Status status;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        pid_t done = waitpid(pid_, &status.raw, WNOHANG);
+        if (done == pid_) break;
+        if (std::chrono::steady_clock::now() > deadline) {
+            kill(pid_, SIGKILL);
+            waitpid(pid_, &status.raw, 0);
+            ADD_FAILURE() << "child " << pid_ << " hung; killed";
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    pid_ = -1;
+    return status;
+}
+
+Channel::Channel() {
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, fds_) < 0)
+        throw std::system_error(errno, std::generic_category(), "socketpair");
+}
+
+Channel::~Channel() {
+    close(fds_[0]);
+    close(fds_[1]);
+}
+
+void Channel::send(bool from_a, const void *data, std::size_t size) {
+    if (::send(fds_[from_a ? 0 : 1], data, size, MSG_NOSIGNAL) != static_cast<ssize_t>(size))
+        fail(__FILE__, __LINE__, std::string("channel send: ") + std::strerror(errno));
+}
+
+void Channel::receive(bool at_a, void *data, std::size_t size) {
+    int fd = fds_[at_a ? 0 : 1];
+    pollfd entry{fd, POLLIN, 0};
+    if (poll(&entry, 1, 60000) != 1) fail(__FILE__, __LINE__, "channel receive timed out");
+    if (::recv(fd, data, size, 0) != static_cast<ssize_t>(size))
+        fail(__FILE__, __LINE__, "channel receive: peer gone or short message");
+}
+
+void become(uid_t uid, gid_t gid, const std::vector<gid_t> &groups) {
+    CHILD_CHECK(setgroups(groups.size(), groups.data()) == 0);
+    CHILD_CHECK(setresgid(gid, gid, gid) == 0);
+    CHILD_CHECK(setresuid(uid, uid, uid) == 0);
+}
+
+bool running_as_root() { return geteuid() == 0; }
+
+std::vector<std::string> available_backends() {
+    std::vector<std::string> backends{"user"};
+    int fd = open("/dev/xpmem", O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+        if (ioctl(fd, _IO('x', 0), nullptr) >= 0) backends.emplace_back("kernel");
+        close(fd);
+    }
+    return backends;
+}
+
+int count_open_fds() {
+    DIR *directory = opendir("/proc/self/fd");
+    int count = 0;
+    while (dirent *entry = readdir(directory))
+        if (entry->d_name[0] != '.') ++count;
+    closedir(directory);
+    return count - 1;  // the directory's own descriptor
+}
+
+bool readable_by_kernel(const void *address) {
+    int pipe_fds[2];
+    if (pipe(pipe_fds) < 0) return false;
+    bool readable = ::write(pipe_fds[1], address, 1) == 1;
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    return readable;
+}
+
+void BackendTest::SetUp() { setenv("XPMEM_BACKEND", GetParam().c_str(), 1); }
+
+std::string backend_test_name(const ::testing::TestParamInfo<std::string> &info) {
+    return info.param;
+}
+
+}  // namespace xt

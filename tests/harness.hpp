@@ -1,0 +1,127 @@
+// Multi-process test harness for the conformance suite.
+//
+// The gtest process itself never calls libxpmem: every test forks real processes that
+// do, so each selects the backend under test (XPMEM_BACKEND, set by the fixture) afresh.
+// Children report failures through their exit status (with a message on stderr); the
+// parent checks exit codes and, for death checks, the exact signal.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace xt {
+
+// Ends the calling child with a failure report.
+[[noreturn]] void fail(const char *file, int line, const std::string &what);
+
+#define CHILD_CHECK(condition)                                             \
+    do {                                                                   \
+        if (!(condition)) ::xt::fail(__FILE__, __LINE__, #condition);      \
+    } while (0)
+
+// Checks that `expression` failed with `error` as errno.
+#define CHILD_CHECK_ERRNO(expression, failure, error)                                        \
+    do {                                                                                     \
+        errno = 0;                                                                           \
+        auto result_ = (expression);                                                         \
+        if (result_ != (failure) || errno != (error))                                        \
+            ::xt::fail(__FILE__, __LINE__,                                                   \
+                       std::string(#expression " should fail with " #error ", errno ") +    \
+                           std::to_string(errno));                                           \
+    } while (0)
+
+// How a child ended.
+struct Status {
+    int raw = 0;
+    bool exited_ok() const;
+    int signal() const;  // 0 unless killed by a signal
+    std::string describe() const;
+};
+
+// A forked child process running `body`; killed and reaped if still running when the
+// object goes away.
+class Process {
+public:
+    explicit Process(std::function<void()> body);
+    Process(Process &&other) noexcept;
+    Process &operator=(Process &&) = delete;
+    ~Process();
+
+    pid_t pid() const { return pid_; }
+    // Waits at most `timeout`; a child still running then is killed and reported as such.
+    Status wait(std::chrono::seconds timeout = std::chrono::seconds(60));
+
+private:
+    pid_t pid_ = -1;
+};
+
+// A bidirectional message pipe between processes, created before fork.
+class Channel {
+public:
+    Channel();
+    Channel(const Channel &) = delete;
+    ~Channel();
+
+    // Each side uses its own end: the parent side (or first child) `a`, the other `b`.
+    void send(bool from_a, const void *data, std::size_t size);
+    void receive(bool at_a, void *data, std::size_t size);
+
+    template <class T>
+    void send_a(const T &value) { send(true, &value, sizeof value); }
+    template <class T>
+    void send_b(const T &value) { send(false, &value, sizeof value); }
+    template <class T>
+    T receive_a() {
+        T value;
+        receive(true, &value, sizeof value);
+        return value;
+    }
+    template <class T>
+    T receive_b() {
+        T value;
+        receive(false, &value, sizeof value);
+        return value;
+    }
+
+private:
+    int fds_[2];
+};
+
+// Drops the calling child to another identity (root only).
+void become(uid_t uid, gid_t gid, const std::vector<gid_t> &groups = {});
+
+bool running_as_root();
+// Backends that work on this machine: "user" always, "kernel" when /dev/xpmem answers.
+std::vector<std::string> available_backends();
+// Number of open descriptors of the calling process.
+int count_open_fds();
+// Whether the kernel can read from [address, address+1): false once it faults.
+bool readable_by_kernel(const void *address);
+
+// The fixture every conformance test derives from: parameterised by backend name.
+class BackendTest : public ::testing::TestWithParam<std::string> {
+protected:
+    void SetUp() override;
+    bool user_backend() const { return GetParam() == "user"; }
+};
+
+std::string backend_test_name(const ::testing::TestParamInfo<std::string> &info);
+
+#define INSTANTIATE_BACKENDS(Suite) \
+    INSTANTIATE_TEST_SUITE_P(Backends, Suite, ::testing::ValuesIn(::xt::available_backends()), \
+                             ::xt::backend_test_name)
+
+// Expects `process` to have exited successfully.
+#define EXPECT_CHILD_OK(process)                                       \
+    do {                                                               \
+        ::xt::Status status_ = (process).wait();                       \
+        EXPECT_TRUE(status_.exited_ok()) << status_.describe();        \
+    } while (0)
+
+}  // namespace xt
