@@ -79,6 +79,47 @@ Status Process::wait(std::chrono::seconds timeout) {
     return status;
 }
 
+namespace {
+
+void wait_all(const std::vector<Process *> &processes) {
+    std::vector<bool> done(processes.size());
+    bool failed = false;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    for (std::size_t left = processes.size(); left > 0;) {
+        for (std::size_t i = 0; i < processes.size(); ++i) {
+            if (done[i]) continue;
+            Status status;
+            pid_t pid = processes[i]->pid();
+            if (waitpid(pid, &status.raw, WNOHANG) != pid) {
+                if (!failed && std::chrono::steady_clock::now() < deadline) continue;
+                kill(pid, SIGKILL);
+                waitpid(pid, &status.raw, 0);
+                if (!failed) ADD_FAILURE() << "child " << pid << " hung; killed";
+                failed = true;
+            } else if (!status.exited_ok() && !failed) {
+                ADD_FAILURE() << "child " << pid << " " << status.describe();
+                failed = true;
+            }
+            processes[i]->forget();
+            done[i] = true;
+            --left;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+}
+
+}  // namespace
+
+void expect_all_ok(std::initializer_list<Process *> processes) {
+    wait_all(std::vector<Process *>(processes));
+}
+
+void expect_all_ok(std::vector<Process> &processes) {
+    std::vector<Process *> pointers;
+    for (Process &process : processes) pointers.push_back(&process);
+    wait_all(pointers);
+}
+
 Channel::Channel() {
     if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, fds_) < 0)
         throw std::system_error(errno, std::generic_category(), "socketpair");

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,8 @@ public:
     pid_t pid() const { return pid_; }
     // Waits at most `timeout`; a child still running then is killed and reported as such.
     Status wait(std::chrono::seconds timeout = std::chrono::seconds(60));
+    // Stops tracking a child that has been reaped elsewhere.
+    void forget() { pid_ = -1; }
 
 private:
     pid_t pid_ = -1;
@@ -116,6 +119,12 @@ std::string backend_test_name(const ::testing::TestParamInfo<std::string> &info)
 #define INSTANTIATE_BACKENDS(Suite) \
     INSTANTIATE_TEST_SUITE_P(Backends, Suite, ::testing::ValuesIn(::xt::available_backends()), \
                              ::xt::backend_test_name)
+
+// Waits for every process; once one fails, the others are killed instead of being left
+// to wait for a peer that will never answer. Adds a test failure naming each failed child
+// (those killed after the first failure are not reported).
+void expect_all_ok(std::initializer_list<Process *> processes);
+void expect_all_ok(std::vector<Process> &processes);
 
 // Expects `process` to have exited successfully.
 #define EXPECT_CHILD_OK(process)                                       \

@@ -171,8 +171,7 @@ TEST_P(Arguments, PermitBelongsToItsHolder) {
         CHILD_CHECK_ERRNO(xpmem_remove(segid), -1, EACCES);
         channel.send_b(1);
     });
-    EXPECT_CHILD_OK(other);
-    EXPECT_CHILD_OK(owner);
+    xt::expect_all_ok({&other, &owner});
 }
 
 INSTANTIATE_BACKENDS(Arguments);
