@@ -1,0 +1,168 @@
+// Spec section 2: holes raise SIGBUS; remove and owner exit revoke every attachment
+// (SIGBUS, no hang); attacher exit frees everything the owner kept for it.
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <xpmem.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <thread>
+#include <xpmem/xpmem.hpp>
+
+#include "harness.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+constexpr std::size_t kPage = 4096;
+
+class Revoke : public xt::BackendTest {};
+
+std::span<std::byte> anonymous(std::size_t size) {
+    void *p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHILD_CHECK(p != MAP_FAILED);
+    return {static_cast<std::byte *>(p), size};
+}
+
+void touch(const std::byte *address) { (void)*reinterpret_cast<const volatile char *>(address); }
+
+TEST_P(Revoke, HoleRaisesSigbus) {
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(3 * kPage);
+        CHILD_CHECK(munmap(memory.data() + kPage, kPage) == 0);  // the hole
+        memory[0] = std::byte{1};
+        memory[2 * kPage] = std::byte{3};
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        channel.receive_a<int>();
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, 3 * kPage);
+        CHILD_CHECK(view.bytes()[0] == std::byte{1});
+        CHILD_CHECK(view.bytes()[2 * kPage] == std::byte{3});
+        channel.send_b(1);
+        touch(view.data() + kPage);  // must raise SIGBUS
+    });
+    xt::Status status = attacher.wait();
+    EXPECT_EQ(status.signal(), SIGBUS) << status.describe();
+    EXPECT_CHILD_OK(owner);
+}
+
+TEST_P(Revoke, RemoveRaisesSigbusInAttachers) {
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(2 * kPage);
+        std::memcpy(memory.data(), "alive", 6);
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        // A self-attachment is revoked too.
+        auto permit = xpmem::Permit::get(segment.id());
+        auto own_view = permit.attach(0, kPage);
+        segment.remove();
+        channel.send_a(2);
+        // The owner's memory is its own again and intact.
+        CHILD_CHECK(std::memcmp(memory.data(), "alive", 6) == 0);
+        memory[kPage] = std::byte{1};
+        CHILD_CHECK(!xt::readable_by_kernel(own_view.data()));
+        // Attach through an old permit fails.
+        CHILD_CHECK(xpmem_attach(xpmem_addr{permit.id(), 0}, kPage, nullptr) ==
+                    reinterpret_cast<void *>(-1));
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, 2 * kPage);
+        CHILD_CHECK(std::memcmp(view.data(), "alive", 6) == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);  // removed
+        touch(view.data());                          // must raise SIGBUS
+    });
+    xt::Status status = attacher.wait();
+    EXPECT_EQ(status.signal(), SIGBUS) << status.describe();
+    EXPECT_CHILD_OK(owner);
+}
+
+TEST_P(Revoke, OwnerExitRaisesSigbus) {
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(kPage);
+        memory[0] = std::byte{42};
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        channel.receive_a<int>();
+        _exit(0);  // without removing anything
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, kPage);
+        CHILD_CHECK(view.bytes()[0] == std::byte{42});
+        channel.send_b(1);
+        // Revocation follows the owner's exit within a bounded time.
+        auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (xt::readable_by_kernel(view.data())) {
+            CHILD_CHECK(std::chrono::steady_clock::now() < deadline);
+            std::this_thread::sleep_for(1ms);
+        }
+        touch(view.data());  // must raise SIGBUS
+    });
+    xt::Status status = attacher.wait();
+    EXPECT_EQ(status.signal(), SIGBUS) << status.describe();
+    EXPECT_CHILD_OK(owner);
+}
+
+int count_mappings() {
+    std::ifstream maps("/proc/self/maps");
+    std::string line;
+    int count = 0;
+    while (std::getline(maps, line)) ++count;
+    return count;
+}
+
+// Attachers come and go (some release, some just exit); the owner keeps nothing for them.
+TEST_P(Revoke, AttacherExitFreesEverything) {
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(16 * kPage);
+        auto segment = xpmem::Segment::make(memory);
+        memory[0] = std::byte{0};
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 0);  // first round: library warmed up
+        int fds = xt::count_open_fds();
+        int mappings = count_mappings();
+        channel.send_a(1);
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // 40 more attachers done
+        std::this_thread::sleep_for(100ms);          // let the service notice the last exit
+        CHILD_CHECK(xt::count_open_fds() == fds);
+        CHILD_CHECK(count_mappings() == mappings);
+        CHILD_CHECK(memory[0] == std::byte{40});
+    });
+    auto attach_once = [&](xpmem::SegmentId segid, bool release) {
+        xt::Process attacher([&] {
+            auto permit = xpmem::Permit::get(segid);
+            auto view = permit.attach(0, 16 * kPage);
+            auto *counter = reinterpret_cast<unsigned char *>(view.data());
+            *counter = static_cast<unsigned char>(*counter + 1);
+            if (!release) _exit(0);  // leave the permit and the attachment behind
+        });
+        xt::Status status = attacher.wait();
+        CHILD_CHECK(status.exited_ok());
+    };
+    xt::Process driver([&] {
+        auto segid = channel.receive_b<xpmem::SegmentId>();
+        attach_once(segid, true);
+        channel.send_b(0);
+        CHILD_CHECK(channel.receive_b<int>() == 1);
+        for (int i = 1; i < 40; ++i) attach_once(segid, i % 2 == 0);
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&driver, &owner});
+}
+
+INSTANTIATE_BACKENDS(Revoke);
+
+}  // namespace
