@@ -183,11 +183,12 @@ Mapping map_backing(int fd, std::uint64_t offset, std::size_t length) {
 int move_over(Mapping &copy, std::uintptr_t start, int prot) noexcept {
     if (prot != (PROT_READ | PROT_WRITE) && ::mprotect(copy.data(), copy.size(), prot) < 0)
         return errno;
-    void *moved = ::mremap(copy.data(), copy.size(), copy.size(), MREMAP_MAYMOVE | MREMAP_FIXED,
+    std::size_t length = copy.size();
+    void *moved = ::mremap(copy.data(), length, length, MREMAP_MAYMOVE | MREMAP_FIXED,
                            reinterpret_cast<void *>(start));
     if (moved == MAP_FAILED) return errno;
     copy.release();
-    ::madvise(moved, copy.size(), MADV_DOFORK);
+    ::madvise(moved, length, MADV_DOFORK);  // the copy was MADV_DONTFORK; the memory is not
     return 0;
 }
 

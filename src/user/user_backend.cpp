@@ -196,14 +196,14 @@ UserBackend::UserBackend()
     watch(listen_.get(), kListenTag);
 
     // Our own stack, so that the thread's TLS lies in memory the library owns and never
-    // converts, and so that fork children do not inherit it.
+    // converts. Fork children must inherit it: glibc's fork unlinks the forking thread
+    // from a list whose neighbour is this thread's descriptor, at the top of this stack.
     std::size_t total = kServiceStackSize + util::kPageSize;
     void *stack = ::mmap(nullptr, total, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) throw_last_errno("mmap service stack");
     service_stack_ = Mapping(stack, total);
     ::mprotect(stack, util::kPageSize, PROT_NONE);  // guard page
-    ::madvise(stack, total, MADV_DONTFORK);
     pthread_attr_t attr;
     ::pthread_attr_init(&attr);
     ::pthread_attr_setstack(&attr, service_stack_.data() + util::kPageSize, kServiceStackSize);
@@ -219,19 +219,18 @@ UserBackend::UserBackend()
 }
 
 UserBackend::~UserBackend() {
+    // In a fork child the thread does not exist; its stack copy is simply unmapped.
     if (service_running_) {
         std::uint64_t one = 1;
         if (::write(stop_.get(), &one, sizeof one) == sizeof one) ::pthread_join(service_, nullptr);
-    } else {
-        service_stack_.release();  // a fork child: the parent's stack was not inherited
     }
 }
 
 void UserBackend::after_fork_child() noexcept {
     mutex_.unlock();
     if (backing_) make_private_after_fork(backing_->fd());
-    // Attachments and the service stack were not inherited (MADV_DONTFORK); forget them
-    // without unmapping. Descriptors close with the tables.
+    // Attachments were not inherited (MADV_DONTFORK): forget them without unmapping.
+    // Descriptors close with the tables.
     service_running_ = false;
 }
 

@@ -1,0 +1,119 @@
+// Spec section 2, fork: a child inherits no attachment and no segment, can use the
+// library afresh, and the owner's memory keeps copy-on-write semantics for its children.
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <xpmem.h>
+
+#include <cstring>
+#include <xpmem/xpmem.hpp>
+
+#include "harness.hpp"
+
+namespace {
+
+constexpr std::size_t kPage = 4096;
+
+class Fork : public xt::BackendTest {};
+
+std::span<std::byte> anonymous(std::size_t size) {
+    void *p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHILD_CHECK(p != MAP_FAILED);
+    return {static_cast<std::byte *>(p), size};
+}
+
+TEST_P(Fork, ChildInheritsNoAttachment) {
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(kPage);
+        memory[0] = std::byte{5};
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        channel.receive_a<int>();
+    });
+    xt::Process attacher([&] {
+        auto segid = channel.receive_b<xpmem::SegmentId>();
+        auto permit = xpmem::Permit::get(segid);
+        auto view = permit.attach(0, kPage);
+        CHILD_CHECK(view.bytes()[0] == std::byte{5});
+        // The child starts afresh: the range is simply absent, the library works.
+        xt::Process child([&] {
+            unsigned char resident;
+            errno = 0;
+            CHILD_CHECK(mincore(view.data(), kPage, &resident) == -1 && errno == ENOMEM);
+            auto own_permit = xpmem::Permit::get(segid);
+            auto own_view = own_permit.attach(0, kPage);
+            CHILD_CHECK(own_view.bytes()[0] == std::byte{5});
+            CHILD_CHECK_ERRNO(xpmem_release(permit.id()), -1, EINVAL);
+        });
+        CHILD_CHECK(child.wait().exited_ok());
+        xt::Process toucher([&] { (void)*reinterpret_cast<volatile char *>(view.data()); });
+        CHILD_CHECK(toucher.wait().signal() == SIGSEGV);
+        CHILD_CHECK(view.bytes()[0] == std::byte{5});  // the parent keeps its attachment
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
+TEST_P(Fork, ChildInheritsNoSegment) {
+    xt::Process owner([&] {
+        auto memory = anonymous(kPage);
+        auto segment = xpmem::Segment::make(memory);
+        xt::Process child([&] {
+            CHILD_CHECK_ERRNO(xpmem_remove(segment.id()), -1, EACCES);
+            auto own = xpmem::Segment::make(memory);
+            CHILD_CHECK(own.id() != segment.id());
+            // The parent still serves its segment to the child.
+            auto permit = xpmem::Permit::get(segment.id());
+            auto view = permit.attach(0, kPage);
+            view.bytes()[0] = std::byte{8};
+            segment.release();  // the parent's: not ours to remove
+        });
+        CHILD_CHECK(child.wait().exited_ok());
+        CHILD_CHECK(memory[0] == std::byte{8});
+    });
+    EXPECT_CHILD_OK(owner);
+}
+
+// After the owner's memory was attached (made shareable in the user backend), a child
+// forked by the owner still gets a private copy.
+TEST_P(Fork, OwnerMemoryStaysCopyOnWrite) {
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(4 * kPage);
+        std::memcpy(memory.data(), "parent", 7);
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // attached
+        xt::Channel family;
+        xt::Process child([&] {
+            CHILD_CHECK(std::memcmp(memory.data(), "parent", 7) == 0);
+            std::memcpy(memory.data(), "child!", 7);
+            family.send_b(1);
+            CHILD_CHECK(family.receive_b<int>() == 2);
+            CHILD_CHECK(std::memcmp(memory.data(), "child!", 7) == 0);
+        });
+        CHILD_CHECK(family.receive_a<int>() == 1);
+        CHILD_CHECK(std::memcmp(memory.data(), "parent", 7) == 0);
+        std::memcpy(memory.data() + kPage, "after", 6);
+        family.send_a(2);
+        CHILD_CHECK(child.wait().exited_ok());
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, 4 * kPage);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        CHILD_CHECK(std::memcmp(view.data(), "parent", 7) == 0);
+        CHILD_CHECK(std::memcmp(view.data() + kPage, "after", 6) == 0);
+        channel.send_b(3);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
+INSTANTIATE_BACKENDS(Fork);
+
+}  // namespace
