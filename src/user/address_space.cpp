@@ -75,26 +75,24 @@ std::vector<Vma> read_maps() {
     return result;
 }
 
-Pagemap::Pagemap() : fd_(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) {
-    if (!fd_) util::throw_last_errno("/proc/self/pagemap");
-}
+// A process that changed its uids is not dumpable and cannot open its own pagemap; every
+// page then counts as holding data, which costs copying but loses nothing.
+Pagemap::Pagemap() : fd_(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) {}
 
 void Pagemap::read(std::uintptr_t start, std::span<std::uint64_t> entries) const {
     auto offset = static_cast<off_t>(start / util::kPageSize * sizeof(std::uint64_t));
     std::size_t want = entries.size_bytes();
     auto *out = reinterpret_cast<char *>(entries.data());
     std::size_t done = 0;
-    while (done < want) {
+    while (fd_ && done < want) {
         ssize_t got = ::pread(fd_.get(), out + done, want - done,
                               offset + static_cast<off_t>(done));
-        if (got <= 0) {
-            // Unreadable entries count as present: copying a page too many is harmless.
-            std::fill(entries.begin() + static_cast<std::ptrdiff_t>(done / 8), entries.end(),
-                      kPresent);
-            return;
-        }
+        if (got <= 0) break;
         done += static_cast<std::size_t>(got);
     }
+    // Unreadable entries count as present: copying a page too many is harmless.
+    std::fill(entries.begin() + static_cast<std::ptrdiff_t>(done / sizeof(std::uint64_t)),
+              entries.end(), kPresent);
 }
 
 bool Pagemap::any_anonymous(std::uintptr_t start, std::uintptr_t end) const {

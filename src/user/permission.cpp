@@ -6,22 +6,34 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 namespace xpmem::user {
 namespace {
 
-ino_t user_namespace_of(const std::string &process) {
-    struct stat status {};
-    return ::stat(("/proc/" + process + "/ns/user").c_str(), &status) == 0 ? status.st_ino : 0;
+std::string read_file(const std::string &path) {
+    std::ifstream file(path);
+    return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+// Whether `process` lives in our user namespace. Its ns link needs ptrace access (an
+// unprivileged owner has none over root); its uid_map is world-readable and tells the
+// namespaces apart in practice (the initial one maps all 2^32 ids onto themselves).
+bool same_user_namespace(const std::string &process) {
+    struct stat theirs {}, ours {};
+    if (::stat(("/proc/" + process + "/ns/user").c_str(), &theirs) == 0 &&
+        ::stat("/proc/self/ns/user", &ours) == 0)
+        return theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev;
+    std::string map = read_file("/proc/" + process + "/uid_map");
+    return !map.empty() && map == read_file("/proc/self/uid_map");
 }
 
 // Read from /proc: SO_PEERCRED does not carry capabilities. The pid is the one the
 // kernel recorded at connect time and the peer is still connected, so it is alive.
 bool has_ipc_owner(pid_t pid) {
     std::string process = std::to_string(pid);
-    ino_t theirs = user_namespace_of(process);
-    if (theirs == 0 || theirs != user_namespace_of("self")) return false;
+    if (!same_user_namespace(process)) return false;
     std::ifstream status("/proc/" + process + "/status");
     std::string line;
     while (std::getline(status, line)) {
