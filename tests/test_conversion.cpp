@@ -8,6 +8,9 @@
 #include <unistd.h>
 #include <xpmem.h>
 
+#include <sched.h>
+
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -152,6 +155,50 @@ TEST_P(Conversion, BssUnderConcurrentStores) { writer_test(Region::bss); }
 TEST_P(Conversion, DataUnderConcurrentStores) { writer_test(Region::data); }
 TEST_P(Conversion, MainStackUnderConcurrentStores) { writer_test(Region::main_stack); }
 TEST_P(Conversion, ThreadStackUnderConcurrentStores) { writer_test(Region::thread_stack); }
+
+// The kernel writes to a thread's rseq area (in its TLS block) whenever the thread
+// returns to user space after being preempted. Converting those pages must not get the
+// owner killed, even unprivileged, where write-protection only stops user-mode writes.
+TEST_P(Conversion, TlsOfBusyThreadsSurvives) {
+    constexpr int kThreads = 4;
+    xt::Channel channel;
+    xt::Process owner([&] {
+        std::atomic<bool> stop{false};
+        std::atomic<int> ready{0};
+        std::array<std::uintptr_t, kThreads + 1> thread_pointers{};
+        thread_pointers[0] = reinterpret_cast<std::uintptr_t>(__builtin_thread_pointer());
+        std::vector<std::thread> threads;
+        for (int i = 1; i <= kThreads; ++i)
+            threads.emplace_back([&, i] {
+                thread_local std::uint64_t counter = 0;
+                thread_pointers[i] = reinterpret_cast<std::uintptr_t>(__builtin_thread_pointer());
+                ++ready;
+                while (!stop) {
+                    ++counter;
+                    sched_yield();  // returns to user space often, with rseq updates
+                }
+                CHILD_CHECK(counter > 0);
+            });
+        while (ready < kThreads) std::this_thread::yield();
+        auto segment = xpmem::Segment::make_whole_address_space(0600);
+        channel.send_a(segment.id());
+        channel.send_a(thread_pointers);
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        stop = true;
+        for (auto &thread : threads) thread.join();
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto thread_pointers = channel.receive_b<std::array<std::uintptr_t, kThreads + 1>>();
+        std::vector<xpmem::Attachment> views;
+        for (std::uintptr_t pointer : thread_pointers) {
+            std::uintptr_t page = pointer & ~(kPage - 1);
+            views.push_back(permit.attach(static_cast<off_t>(page - 2 * kPage), 4 * kPage));
+        }
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
 
 // Which object backs `address` in the calling process, as /proc/self/maps names it.
 std::string mapped_path(const void *address) {

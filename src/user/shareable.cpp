@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "util/error.hpp"
@@ -45,18 +46,24 @@ std::uintptr_t step_end(std::uintptr_t cursor, std::uintptr_t end) {
 
 // ---- userfaultfd -------------------------------------------------------------------
 
-UniqueFd open_userfaultfd() {
+// Sets `user_mode_only` when only user-mode faults can be caught: without privilege,
+// vm.unprivileged_userfaultfd = 0 allows no more.
+UniqueFd open_userfaultfd(bool &user_mode_only) {
+    user_mode_only = false;
     int fd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
-    if (fd < 0 && errno == EPERM)  // vm.unprivileged_userfaultfd = 0: user faults only
+    if (fd < 0 && errno == EPERM) {
+        user_mode_only = true;
         fd = static_cast<int>(
             ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+    }
     if (fd < 0) throw_last_errno("userfaultfd");
     return UniqueFd(fd);
 }
 
 std::uint64_t supported_uffd_features() {
     static const std::uint64_t features = [] {
-        UniqueFd fd = open_userfaultfd();
+        bool user_mode_only;
+        UniqueFd fd = open_userfaultfd(user_mode_only);
         uffdio_api api{UFFD_API, 0, 0};
         if (::ioctl(fd.get(), UFFDIO_API, &api) < 0) throw_last_errno("UFFDIO_API");
         return static_cast<std::uint64_t>(api.features);
@@ -67,10 +74,11 @@ std::uint64_t supported_uffd_features() {
 // A userfaultfd set up for write-protection; `unpopulated` says whether it also protects
 // pages that were never touched (else the caller populates them first).
 struct WriteProtector {
+    bool user_mode_only;
     UniqueFd fd;
     bool unpopulated;
 
-    WriteProtector() : fd(open_userfaultfd()) {
+    WriteProtector() : fd(open_userfaultfd(user_mode_only)) {
         unpopulated = (supported_uffd_features() & UFFD_FEATURE_WP_UNPOPULATED) != 0;
         uffdio_api api{UFFD_API, unpopulated ? std::uint64_t{UFFD_FEATURE_WP_UNPOPULATED} : 0, 0};
         if (::ioctl(fd.get(), UFFDIO_API, &api) < 0) throw_last_errno("UFFDIO_API");
@@ -192,35 +200,69 @@ int move_over(Mapping &copy, std::uintptr_t start, int prot) noexcept {
     return 0;
 }
 
+// Copies [start, end) without protection: for memory nobody writes, or that cannot be
+// protected. `pagemap` (anonymous memory) limits the copy to pages holding data.
+void convert_step_unprotected(int backing, std::uint64_t file_offset, const Vma &vma,
+                              std::uintptr_t start, std::uintptr_t end, const Pagemap *pagemap) {
+    std::array<std::uint64_t, kPagesPerStep> entries;
+    std::size_t length = end - start;
+    Mapping copy = map_backing(backing, file_offset, length);
+    if (pagemap != nullptr) pagemap->read(start, std::span(entries.data(), length / kPageSize));
+    copy_pages(start, length, copy.data(), pagemap != nullptr ? entries.data() : nullptr);
+    if (int error = move_over(copy, start, vma.protection())) throw_errno(error, "conversion");
+}
+
+void convert_step_protected(const WriteProtector &uffd, const Pagemap &pagemap, int backing,
+                            std::uint64_t file_offset, const Vma &vma, std::uintptr_t start,
+                            std::uintptr_t end) {
+    std::array<std::uint64_t, kPagesPerStep> entries;
+    std::size_t length = end - start;
+    Mapping copy = map_backing(backing, file_offset, length);
+    if (int error = uffd.register_range(start, length)) throw_errno(error, "UFFDIO_REGISTER");
+    if (!uffd.unpopulated &&
+        ::madvise(reinterpret_cast<void *>(start), length, MADV_POPULATE_READ) < 0) {
+        int error = errno;
+        uffd.unregister_range(start, length);
+        throw_errno(error, "MADV_POPULATE_READ");
+    }
+    int error = uffd.protect(start, length, true);
+    if (error == 0) {
+        // Writers now block; nothing below allocates or locks.
+        pagemap.read(start, std::span(entries.data(), length / kPageSize));
+        copy_pages(start, length, copy.data(), entries.data());
+        error = move_over(copy, start, vma.protection());
+        if (error == 0) uffd.wake(start, length);
+    }
+    if (error != 0) {
+        uffd.protect(start, length, false);
+        uffd.unregister_range(start, length);
+        throw_errno(error, "write-protected conversion");
+    }
+}
+
+// Anonymous writable memory: write-protected step by step, except the rseq pages in
+// `unprotectable` when only user-mode faults can be caught (threads.hpp). Those are
+// copied alone, unprotected: a store into one in that window of a few microseconds
+// could be lost (README, limits), where protecting it could get the process killed.
 void convert_write_protected(int backing, std::uint64_t offset, const Vma &vma,
-                             std::uintptr_t start, std::uintptr_t end) {
+                             std::uintptr_t start, std::uintptr_t end,
+                             std::span<const std::uintptr_t> unprotectable) {
     WriteProtector uffd;
     Pagemap pagemap;
-    std::array<std::uint64_t, kPagesPerStep> entries;
+    if (!uffd.user_mode_only) unprotectable = {};
+    auto next_unprotectable = std::lower_bound(unprotectable.begin(), unprotectable.end(), start);
     for (std::uintptr_t cursor = start; cursor < end;) {
+        std::uint64_t file_offset = offset + (cursor - start);
+        if (next_unprotectable != unprotectable.end() && *next_unprotectable == cursor) {
+            convert_step_unprotected(backing, file_offset, vma, cursor, cursor + kPageSize,
+                                     &pagemap);
+            ++next_unprotectable;
+            cursor += kPageSize;
+            continue;
+        }
         std::uintptr_t next = step_end(cursor, end);
-        std::size_t length = next - cursor;
-        Mapping copy = map_backing(backing, offset + (cursor - start), length);
-        if (int error = uffd.register_range(cursor, length)) throw_errno(error, "UFFDIO_REGISTER");
-        if (!uffd.unpopulated &&
-            ::madvise(reinterpret_cast<void *>(cursor), length, MADV_POPULATE_READ) < 0) {
-            int error = errno;
-            uffd.unregister_range(cursor, length);
-            throw_errno(error, "MADV_POPULATE_READ");
-        }
-        int error = uffd.protect(cursor, length, true);
-        if (error == 0) {
-            // Writers now block; nothing below allocates or locks.
-            pagemap.read(cursor, std::span(entries.data(), length / kPageSize));
-            copy_pages(cursor, length, copy.data(), entries.data());
-            error = move_over(copy, cursor, vma.protection());
-            if (error == 0) uffd.wake(cursor, length);
-        }
-        if (error != 0) {
-            uffd.protect(cursor, length, false);
-            uffd.unregister_range(cursor, length);
-            throw_errno(error, "write-protected conversion");
-        }
+        if (next_unprotectable != unprotectable.end()) next = std::min(next, *next_unprotectable);
+        convert_step_protected(uffd, pagemap, backing, file_offset, vma, cursor, next);
         cursor = next;
     }
 }
@@ -254,17 +296,12 @@ void convert_guarded(int backing, std::uint64_t offset, const Vma &vma, std::uin
 
 void convert_quiet(int backing, std::uint64_t offset, const Vma &vma, std::uintptr_t start,
                    std::uintptr_t end) {
-    std::unique_ptr<Pagemap> pagemap;
-    if (!vma.file_backed()) pagemap = std::make_unique<Pagemap>();
-    std::array<std::uint64_t, kPagesPerStep> entries;
+    std::optional<Pagemap> pagemap;
+    if (!vma.file_backed()) pagemap.emplace();
     for (std::uintptr_t cursor = start; cursor < end;) {
         std::uintptr_t next = step_end(cursor, end);
-        std::size_t length = next - cursor;
-        Mapping copy = map_backing(backing, offset + (cursor - start), length);
-        if (pagemap) pagemap->read(cursor, std::span(entries.data(), length / kPageSize));
-        copy_pages(cursor, length, copy.data(), pagemap ? entries.data() : nullptr);
-        if (int error = move_over(copy, cursor, vma.protection()))
-            throw_errno(error, "conversion");
+        convert_step_unprotected(backing, offset + (cursor - start), vma, cursor, next,
+                                 pagemap ? &*pagemap : nullptr);
         cursor = next;
     }
 }
@@ -309,15 +346,15 @@ std::uint64_t Backing::choose_offset(std::uintptr_t start, std::uintptr_t end,
 }
 
 std::uint64_t Backing::make_shareable(const Vma &vma, std::uintptr_t start, std::uintptr_t end,
-                                      std::span<const Vma> maps,
-                                      std::span<const Interval> ours) {
+                                      std::span<const Vma> maps, std::span<const Interval> ours,
+                                      std::span<const std::uintptr_t> unprotectable) {
     std::uint64_t offset = choose_offset(start, end, maps, ours);
     // Stale data from an earlier conversion at these offsets must not show through.
     if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     static_cast<off_t>(offset), static_cast<off_t>(end - start)) < 0)
         throw_last_errno("punch backing");
     if (vma.writable && !vma.file_backed())
-        convert_write_protected(fd_.get(), offset, vma, start, end);
+        convert_write_protected(fd_.get(), offset, vma, start, end, unprotectable);
     else if (vma.writable)
         convert_guarded(fd_.get(), offset, vma, start, end);
     else

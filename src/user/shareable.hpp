@@ -44,9 +44,11 @@ public:
 
     // Converts [start, end) of private `vma` in place. `maps` is the current address
     // space and `ours` the library's own mappings (attachments), which may alias the
-    // backing anywhere. Returns the file offset where `start` now lives.
+    // backing anywhere; `unprotectable` lists, sorted, the pages that must not be
+    // write-protected (threads.hpp). Returns the file offset where `start` now lives.
     std::uint64_t make_shareable(const Vma &vma, std::uintptr_t start, std::uintptr_t end,
-                                 std::span<const Vma> maps, std::span<const Interval> ours);
+                                 std::span<const Vma> maps, std::span<const Interval> ours,
+                                 std::span<const std::uintptr_t> unprotectable);
 
 private:
     std::uint64_t choose_offset(std::uintptr_t start, std::uintptr_t end,

@@ -34,6 +34,7 @@
 #include "user/permission.hpp"
 #include "user/protocol.hpp"
 #include "user/shareable.hpp"
+#include "user/threads.hpp"
 #include "util/error.hpp"
 #include "util/mapping.hpp"
 
@@ -53,6 +54,10 @@ constexpr std::uint64_t kStopTag = 0;
 constexpr std::uint64_t kListenTag = 1;
 constexpr std::uint64_t kLinkTag = std::uint64_t{1} << 62;  // | owner pid
 constexpr std::uint64_t kFirstSessionTag = 2;
+
+// Taken when the library is loaded, by the thread that loads it: the main thread, for a
+// program linked with -lxpmem.
+const std::uintptr_t loading_thread_rseq_page = current_rseq_page();
 
 struct SegmentRecord {
     std::uintptr_t start;
@@ -139,8 +144,9 @@ private:
     void close_session(std::uint64_t tag);
     void owner_gone(pid_t owner);
     std::size_t build_pieces(std::uintptr_t start, std::uintptr_t end, bool read_only,
-                             std::span<const Interval> ours, protocol::AttachReply &reply,
-                             std::vector<UniqueFd> &fds);
+                             std::span<const Interval> ours,
+                             std::span<const std::uintptr_t> known_rseq_pages,
+                             protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
 
     // attacher side
     std::shared_ptr<Link> link_to(pid_t owner);
@@ -151,6 +157,7 @@ private:
     void map_sigbus(std::uintptr_t start, std::size_t size, int prot);
     void notify_revoke(pid_t attacher, xpmem_segid_t segid);
     std::vector<Interval> library_intervals_locked() const;
+    void note_caller_locked() { known_rseq_pages_.insert(current_rseq_page()); }
 
     const pid_t pid_;
     const Owner self_;
@@ -172,6 +179,7 @@ private:
     std::map<std::uintptr_t, AttachmentRecord> attachments_;
     std::set<xpmem_segid_t> revoked_;
     std::optional<Backing> backing_;  // created by the service thread on first conversion
+    std::set<std::uintptr_t> known_rseq_pages_{loading_thread_rseq_page};  // callers' threads
 };
 
 UserBackend::UserBackend()
@@ -238,6 +246,7 @@ void UserBackend::after_fork_child() noexcept {
 
 xpmem_segid_t UserBackend::make(std::uintptr_t address, std::size_t size, mode_t mode) {
     std::lock_guard lock(mutex_);
+    note_caller_locked();
     xpmem_segid_t segid = protocol::make_id(next_serial_++, pid_);
     segments_.emplace(segid, SegmentRecord{address, size, mode, self_});
     return segid;
@@ -327,6 +336,7 @@ xpmem_apid_t UserBackend::get(xpmem_segid_t segid, int flags) {
     }
     if (reply.error != 0) throw_errno(reply.error, "xpmem_get");
     std::lock_guard lock(mutex_);
+    note_caller_locked();
     xpmem_apid_t apid = protocol::make_id(next_serial_++, pid_);
     permits_.emplace(apid, PermitRecord{segid, flags, reply.permit, std::move(link)});
     return apid;
@@ -399,6 +409,7 @@ void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t s
     PermitRecord permit;
     {
         std::lock_guard lock(mutex_);
+        note_caller_locked();
         auto it = permits_.find(apid);
         if (it == permits_.end()) throw_errno(EINVAL, "xpmem_attach: unknown permit");
         permit = it->second;
@@ -627,6 +638,7 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     std::uintptr_t start = 0, end = 0;
     bool read_only = true;
     std::vector<Interval> ours;
+    std::vector<std::uintptr_t> known_rseq_pages;
     {
         std::lock_guard lock(mutex_);
         auto grant = session.grants.find(request.permit);
@@ -643,11 +655,12 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
             end = start + request.size;
             read_only = grant->second.flags == XPMEM_RDONLY;
             ours = library_intervals_locked();
+            known_rseq_pages.assign(known_rseq_pages_.begin(), known_rseq_pages_.end());
         }
     }
     if (reply.error == 0) {
         try {
-            build_pieces(start, end, read_only, ours, reply, fds);
+            build_pieces(start, end, read_only, ours, known_rseq_pages, reply, fds);
         } catch (const std::system_error &error) {
             reply.error = error.code().value();
             reply.piece_count = 0;
@@ -674,8 +687,10 @@ void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest 
 // memory on the way. Fills a prefix when the reply runs out of pieces or descriptors.
 std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, bool read_only,
                                       std::span<const Interval> ours,
+                                      std::span<const std::uintptr_t> known_rseq_pages,
                                       protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
+    std::vector<std::uintptr_t> unprotectable = rseq_pages(known_rseq_pages, maps);
     int backing_index = -1;
     auto add = [&](std::uint64_t length, std::uint64_t file_offset, int fd_index, bool writable) {
         if (reply.piece_count > 0) {
@@ -755,7 +770,8 @@ std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, 
             }
         } else {
             if (!backing_) backing_.emplace();
-            std::uint64_t offset = backing_->make_shareable(*vma, cursor, piece_end, maps, ours);
+            std::uint64_t offset =
+                backing_->make_shareable(*vma, cursor, piece_end, maps, ours, unprotectable);
             backing_piece(length, offset, writable);
         }
         cursor = piece_end;
