@@ -2,6 +2,8 @@
 // both ways at once; read-only permits; large segments; fixed-address, self and repeated
 // attachments.
 
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -207,6 +209,49 @@ TEST_P(Access, ReleaseDetachesEverything) {
             CHILD_CHECK(xpmem_detach(gone) == 0);
         }
         channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
+// A process-shared mutex in the owner's memory synchronises owner and attacher. Only the
+// user backend promises this for private memory (spec section 2, system calls row).
+TEST_P(Access, ProcessSharedMutexInAnAttachment) {
+    if (!user_backend()) GTEST_SKIP() << "futexes over private pages meet only in the user backend";
+    constexpr int kRounds = 20000;
+    struct Shared {
+        pthread_mutex_t mutex;
+        std::uint64_t counter;
+    };
+    xt::Channel channel;
+    auto contend = [](Shared *shared) {
+        for (int i = 0; i < kRounds; ++i) {
+            CHILD_CHECK(pthread_mutex_lock(&shared->mutex) == 0);
+            std::uint64_t seen = shared->counter;
+            if (i % 64 == 0) sched_yield();  // invite the other side in while we hold it
+            shared->counter = seen + 1;
+            CHILD_CHECK(pthread_mutex_unlock(&shared->mutex) == 0);
+        }
+    };
+    xt::Process owner([&] {
+        auto memory = anonymous(kPage);
+        auto *shared = reinterpret_cast<Shared *>(memory.data());
+        pthread_mutexattr_t attributes;
+        pthread_mutexattr_init(&attributes);
+        pthread_mutexattr_setpshared(&attributes, PTHREAD_PROCESS_SHARED);
+        CHILD_CHECK(pthread_mutex_init(&shared->mutex, &attributes) == 0);
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // attached: contend
+        contend(shared);
+        CHILD_CHECK(channel.receive_a<int>() == 2);
+        CHILD_CHECK(shared->counter == 2 * kRounds);
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, kPage);
+        channel.send_b(1);
+        contend(reinterpret_cast<Shared *>(view.data()));
+        channel.send_b(2);
     });
     xt::expect_all_ok({&attacher, &owner});
 }

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 #include <xpmem/xpmem.hpp>
 
 #include "harness.hpp"
@@ -195,6 +196,65 @@ TEST_P(Conversion, TlsOfBusyThreadsSurvives) {
             std::uintptr_t page = pointer & ~(kPage - 1);
             views.push_back(permit.attach(static_cast<off_t>(page - 2 * kPage), 4 * kPage));
         }
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
+// Open MPI attaches 8 MiB-aligned windows of the whole address space around a buffer: the
+// window sweeps over whatever else is mapped there (program text, .data, heap, libraries).
+// Everything in it must keep working in the owner, and the buffer must be shared.
+void aligned_window_test(bool heap) {
+    constexpr std::uintptr_t kWindow = 8 << 20;
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto *buffer = heap ? static_cast<char *>(std::malloc(3 * kPage))
+                            : reinterpret_cast<char *>(bss_region);
+        std::strcpy(buffer, "window");
+        auto segment = xpmem::Segment::make_whole_address_space(0600);
+        channel.send_a(segment.id());
+        channel.send_a(reinterpret_cast<std::uintptr_t>(buffer));
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        CHILD_CHECK(std::strcmp(buffer, "wINDOW") == 0);
+        // The owner still allocates, formats and prints normally.
+        std::string text = std::to_string(getpid());
+        std::vector<std::string> many(1000, text);
+        CHILD_CHECK(many.back() == text);
+        if (heap) std::free(buffer);
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto buffer = channel.receive_b<std::uintptr_t>();
+        std::uintptr_t start = buffer & ~(kWindow - 1);
+        auto view = permit.attach(static_cast<off_t>(start), kWindow);
+        char *seen = reinterpret_cast<char *>(view.data() + (buffer - start));
+        CHILD_CHECK(std::strcmp(seen, "window") == 0);
+        std::memcpy(seen + 1, "INDOW", 5);
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
+TEST_P(Conversion, AlignedWindowAroundHeapBuffer) { aligned_window_test(true); }
+TEST_P(Conversion, AlignedWindowAroundBssBuffer) { aligned_window_test(false); }
+
+// A MAP_SHARED anonymous mapping (shared with the owner's children, say) can be reached
+// only through /proc/self/map_files, which needs privilege; otherwise it is a hole.
+TEST_P(Conversion, SharedAnonymousMapping) {
+    bool reachable = xt::running_as_root() || !user_backend();
+    xt::Channel channel;
+    xt::Process owner([&] {
+        void *p = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        std::strcpy(static_cast<char *>(p), "shared anon");
+        auto segment = xpmem::Segment::make({static_cast<std::byte *>(p), kPage});
+        channel.send_a(segment.id());
+        channel.receive_a<int>();
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, kPage);
+        CHILD_CHECK(xt::readable_by_kernel(view.data()) == reachable);
+        if (reachable) CHILD_CHECK(std::strcmp(reinterpret_cast<char *>(view.data()), "shared anon") == 0);
         channel.send_b(1);
     });
     xt::expect_all_ok({&attacher, &owner});

@@ -691,7 +691,7 @@ std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, 
                                       protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
     std::vector<std::uintptr_t> unprotectable = rseq_pages(known_rseq_pages, maps);
-    int backing_index = -1;
+    int backing_index[2] = {-1, -1};  // read-only, writable descriptor of the backing
     auto add = [&](std::uint64_t length, std::uint64_t file_offset, int fd_index, bool writable) {
         if (reply.piece_count > 0) {
             protocol::Piece &last = reply.pieces[reply.piece_count - 1];
@@ -705,13 +705,14 @@ std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, 
             protocol::Piece{length, fd_index < 0 ? 0 : file_offset, fd_index, writable};
     };
     auto backing_piece = [&](std::uint64_t length, std::uint64_t file_offset, bool writable) {
-        if (backing_index < 0) {
+        int &index = backing_index[writable ? 1 : 0];
+        if (index < 0) {
             int fd = writable ? backing_->fd() : backing_->read_only_fd();
             fds.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
             if (!fds.back()) throw_last_errno("dup backing");
-            backing_index = static_cast<int>(fds.size() - 1);
+            index = static_cast<int>(fds.size() - 1);
         }
-        add(length, file_offset, backing_index, writable);
+        add(length, file_offset, index, writable);
     };
     std::uintptr_t cursor = start;
     while (cursor < end && reply.piece_count < protocol::kMaxPieces &&
