@@ -4,19 +4,19 @@
 //                                 and prints what the other process wrote into it
 //   xpmem-example attach SEGID    attaches the segment, reads it, writes a reply
 //
-// The second process is started with posix_spawn, so the two are unrelated except for the
-// segment id passed on the command line: that is all XPMEM needs.
+// The second process is started with posix_spawnp (this program again), so the two are unrelated
+// except for the segment id passed on the command line: that is all XPMEM needs.
 
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <xpmem/xpmem.hpp>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <system_error>
+#include <xpmem/xpmem.hpp>
 
 extern char **environ;
 
@@ -29,17 +29,17 @@ int publish(const char *self) {
     auto *buffer = static_cast<char *>(std::aligned_alloc(4096, kSize));
     std::snprintf(buffer, kSize, "hello from the publisher, pid %d", getpid());
 
-    xpmem::Segment segment = xpmem::Segment::make(
-        std::as_writable_bytes(std::span(buffer, kSize)), 0600);
+    xpmem::Segment segment =
+        xpmem::Segment::make(std::as_writable_bytes(std::span(buffer, kSize)), 0600);
     std::printf("publisher: backend %s, segment %lld, buffer says \"%s\"\n",
-                std::string(xpmem::backend_name()).c_str(),
-                static_cast<long long>(segment.id()), buffer);
+                std::string(xpmem::backend_name()).c_str(), static_cast<long long>(segment.id()),
+                buffer);
     std::fflush(stdout);
 
     std::string id = std::to_string(segment.id());
     char *argv[] = {const_cast<char *>(self), const_cast<char *>("attach"), id.data(), nullptr};
     pid_t child;
-    if (int error = posix_spawn(&child, "/proc/self/exe", nullptr, nullptr, argv, environ)) {
+    if (int error = posix_spawnp(&child, self, nullptr, nullptr, argv, environ)) {
         std::fprintf(stderr, "posix_spawn: %s\n", std::strerror(error));
         return 1;
     }

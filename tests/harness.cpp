@@ -26,9 +26,13 @@ void fail(const char *file, int line, const std::string &what) {
     _exit(100);
 }
 
-bool Status::exited_ok() const { return WIFEXITED(raw) && WEXITSTATUS(raw) == 0; }
+bool Status::exited_ok() const {
+    return WIFEXITED(raw) && WEXITSTATUS(raw) == 0;
+}
 
-int Status::signal() const { return WIFSIGNALED(raw) ? WTERMSIG(raw) : 0; }
+int Status::signal() const {
+    return WIFSIGNALED(raw) ? WTERMSIG(raw) : 0;
+}
 
 std::string Status::describe() const {
     if (WIFEXITED(raw)) return "exited with " + std::to_string(WEXITSTATUS(raw));
@@ -149,7 +153,9 @@ void become(uid_t uid, gid_t gid, const std::vector<gid_t> &groups) {
     CHILD_CHECK(setresuid(uid, uid, uid) == 0);
 }
 
-bool running_as_root() { return geteuid() == 0; }
+bool running_as_root() {
+    return geteuid() == 0;
+}
 
 std::vector<std::string> available_backends() {
     std::vector<std::string> backends{"user"};
@@ -179,7 +185,9 @@ bool readable_by_kernel(const void *address) {
     return readable;
 }
 
-void BackendTest::SetUp() { setenv("XPMEM_BACKEND", GetParam().c_str(), 1); }
+void BackendTest::SetUp() {
+    setenv("XPMEM_BACKEND", GetParam().c_str(), 1);
+}
 
 std::string backend_test_name(const ::testing::TestParamInfo<std::string> &info) {
     return info.param;

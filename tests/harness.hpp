@@ -21,20 +21,20 @@ namespace xt {
 // Ends the calling child with a failure report.
 [[noreturn]] void fail(const char *file, int line, const std::string &what);
 
-#define CHILD_CHECK(condition)                                             \
-    do {                                                                   \
-        if (!(condition)) ::xt::fail(__FILE__, __LINE__, #condition);      \
+#define CHILD_CHECK(condition)                                        \
+    do {                                                              \
+        if (!(condition)) ::xt::fail(__FILE__, __LINE__, #condition); \
     } while (0)
 
 // Checks that `expression` failed with `error` as errno.
-#define CHILD_CHECK_ERRNO(expression, failure, error)                                        \
-    do {                                                                                     \
-        errno = 0;                                                                           \
-        auto result_ = (expression);                                                         \
-        if (result_ != (failure) || errno != (error))                                        \
-            ::xt::fail(__FILE__, __LINE__,                                                   \
-                       std::string(#expression " should fail with " #error ", errno ") +    \
-                           std::to_string(errno));                                           \
+#define CHILD_CHECK_ERRNO(expression, failure, error)                                    \
+    do {                                                                                 \
+        errno = 0;                                                                       \
+        auto result_ = (expression);                                                     \
+        if (result_ != (failure) || errno != (error))                                    \
+            ::xt::fail(__FILE__, __LINE__,                                               \
+                       std::string(#expression " should fail with " #error ", errno ") + \
+                           std::to_string(errno));                                       \
     } while (0)
 
 // How a child ended.
@@ -48,7 +48,7 @@ struct Status {
 // A forked child process running `body`; killed and reaped if still running when the
 // object goes away.
 class Process {
-public:
+  public:
     explicit Process(std::function<void()> body);
     Process(Process &&other) noexcept;
     Process &operator=(Process &&) = delete;
@@ -60,13 +60,13 @@ public:
     // Stops tracking a child that has been reaped elsewhere.
     void forget() { pid_ = -1; }
 
-private:
+  private:
     pid_t pid_ = -1;
 };
 
 // A bidirectional message pipe between processes, created before fork.
 class Channel {
-public:
+  public:
     Channel();
     Channel(const Channel &) = delete;
     ~Channel();
@@ -76,9 +76,13 @@ public:
     void receive(bool at_a, void *data, std::size_t size);
 
     template <class T>
-    void send_a(const T &value) { send(true, &value, sizeof value); }
+    void send_a(const T &value) {
+        send(true, &value, sizeof value);
+    }
     template <class T>
-    void send_b(const T &value) { send(false, &value, sizeof value); }
+    void send_b(const T &value) {
+        send(false, &value, sizeof value);
+    }
     template <class T>
     T receive_a() {
         T value;
@@ -92,7 +96,7 @@ public:
         return value;
     }
 
-private:
+  private:
     int fds_[2];
 };
 
@@ -109,14 +113,14 @@ bool readable_by_kernel(const void *address);
 
 // The fixture every conformance test derives from: parameterised by backend name.
 class BackendTest : public ::testing::TestWithParam<std::string> {
-protected:
+  protected:
     void SetUp() override;
     bool user_backend() const { return GetParam() == "user"; }
 };
 
 std::string backend_test_name(const ::testing::TestParamInfo<std::string> &info);
 
-#define INSTANTIATE_BACKENDS(Suite) \
+#define INSTANTIATE_BACKENDS(Suite)                                                            \
     INSTANTIATE_TEST_SUITE_P(Backends, Suite, ::testing::ValuesIn(::xt::available_backends()), \
                              ::xt::backend_test_name)
 
@@ -127,10 +131,10 @@ void expect_all_ok(std::initializer_list<Process *> processes);
 void expect_all_ok(std::vector<Process> &processes);
 
 // Expects `process` to have exited successfully.
-#define EXPECT_CHILD_OK(process)                                       \
-    do {                                                               \
-        ::xt::Status status_ = (process).wait();                       \
-        EXPECT_TRUE(status_.exited_ok()) << status_.describe();        \
+#define EXPECT_CHILD_OK(process)                                \
+    do {                                                        \
+        ::xt::Status status_ = (process).wait();                \
+        EXPECT_TRUE(status_.exited_ok()) << status_.describe(); \
     } while (0)
 
 }  // namespace xt

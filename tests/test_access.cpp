@@ -77,9 +77,15 @@ void coherence_with_peers(int peers) {
     xt::expect_all_ok(attachers);
 }
 
-TEST_P(Access, CoherentWithOnePeer) { coherence_with_peers(1); }
-TEST_P(Access, CoherentWithThreePeers) { coherence_with_peers(3); }
-TEST_P(Access, CoherentWithEightPeers) { coherence_with_peers(8); }
+TEST_P(Access, CoherentWithOnePeer) {
+    coherence_with_peers(1);
+}
+TEST_P(Access, CoherentWithThreePeers) {
+    coherence_with_peers(3);
+}
+TEST_P(Access, CoherentWithEightPeers) {
+    coherence_with_peers(8);
+}
 
 TEST_P(Access, ReadOnlyPermitRefusesStores) {
     xt::Channel channel;

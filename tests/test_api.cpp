@@ -39,7 +39,8 @@ std::string with_backend(const char *choice, const std::function<void()> &body) 
     xt::Status status = child.wait();
     EXPECT_TRUE(status.exited_ok()) << status.describe();
     std::string text(4096, '\0');
-    text.resize(static_cast<std::size_t>(std::max<ssize_t>(0, pread(captured, text.data(), text.size(), 0))));
+    text.resize(static_cast<std::size_t>(
+        std::max<ssize_t>(0, pread(captured, text.data(), text.size(), 0))));
     close(captured);
     return text;
 }
@@ -65,17 +66,17 @@ TEST(Selection, ForcedKernelWithoutDeviceFailsLoudly) {
     std::string said = with_backend("kernel", [] {
         CHILD_CHECK_ERRNO(xpmem_version(), -1, ENOENT);
         CHILD_CHECK_ERRNO(xpmem_init(), -1, ENOENT);
-        void *memory = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                            -1, 0);
-        CHILD_CHECK_ERRNO(xpmem_make(memory, kPage, XPMEM_PERMIT_MODE, (void *)0600), -1,
-                          ENOENT);
+        void *memory =
+            mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        CHILD_CHECK_ERRNO(xpmem_make(memory, kPage, XPMEM_PERMIT_MODE, (void *)0600), -1, ENOENT);
     });
     EXPECT_NE(said.find("XPMEM_BACKEND=kernel"), std::string::npos) << said;
     EXPECT_NE(said.find("/dev/xpmem"), std::string::npos) << said;
 }
 
 TEST(Selection, UnknownBackendIsRefused) {
-    std::string said = with_backend("bogus", [] { CHILD_CHECK_ERRNO(xpmem_version(), -1, EINVAL); });
+    std::string said =
+        with_backend("bogus", [] { CHILD_CHECK_ERRNO(xpmem_version(), -1, EINVAL); });
     EXPECT_NE(said.find("bogus"), std::string::npos) << said;
 }
 
@@ -83,8 +84,8 @@ class CxxApi : public xt::BackendTest {};
 
 TEST_P(CxxApi, OwnershipAndErrors) {
     xt::Process child([] {
-        auto *memory = static_cast<std::byte *>(mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE,
-                                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        auto *memory = static_cast<std::byte *>(
+            mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
         // Failures carry the errno the C API would set.
         try {
             xpmem::Segment::make({memory + 1, kPage});
@@ -109,7 +110,7 @@ TEST_P(CxxApi, OwnershipAndErrors) {
             other.detach();
             unsigned char resident;
             CHILD_CHECK(mincore(address, kPage, &resident) == -1);  // gone
-        }  // the permit is released here
+        }                                                           // the permit is released here
         moved.remove();
         CHILD_CHECK(!moved);
         try {

@@ -41,11 +41,10 @@ TEST_P(Arguments, Make) {
         // Beyond user space, and wrapping around.
         CHILD_CHECK_ERRNO(xpmem_make((void *)(1ULL << 60), 4096, XPMEM_PERMIT_MODE, mode), -1,
                           EINVAL);
-        CHILD_CHECK_ERRNO(xpmem_make(buffer, SIZE_MAX - 4095, XPMEM_PERMIT_MODE, mode), -1,
-                          EINVAL);
-        CHILD_CHECK_ERRNO(xpmem_make((void *)(1ULL << 60), XPMEM_MAXADDR_SIZE,
-                                     XPMEM_PERMIT_MODE, mode),
-                          -1, EINVAL);
+        CHILD_CHECK_ERRNO(xpmem_make(buffer, SIZE_MAX - 4095, XPMEM_PERMIT_MODE, mode), -1, EINVAL);
+        CHILD_CHECK_ERRNO(
+            xpmem_make((void *)(1ULL << 60), XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, mode), -1,
+            EINVAL);
 
         xpmem_segid_t a = xpmem_make(buffer, 4 * 4096, XPMEM_PERMIT_MODE, mode);
         xpmem_segid_t whole = xpmem_make(nullptr, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, mode);
@@ -117,8 +116,7 @@ TEST_P(Arguments, ReleaseAttachDetach) {
         CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, -4096}, 4096, nullptr), failed, EINVAL);
         CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 0}, 0, nullptr), failed, EINVAL);
         CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 0}, 5 * 4096, nullptr), failed, EINVAL);
-        CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 4 * 4096}, 4096, nullptr), failed,
-                          EINVAL);
+        CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 4 * 4096}, 4096, nullptr), failed, EINVAL);
         CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 3 * 4096}, 2 * 4096, nullptr), failed,
                           EINVAL);
         CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 0}, 4096, buffer + 8), failed, EINVAL);

@@ -3,12 +3,11 @@
 // as it is.
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <xpmem.h>
-
-#include <sched.h>
 
 #include <array>
 #include <atomic>
@@ -43,8 +42,7 @@ void check_region(const volatile std::uint64_t *region, std::uint64_t rounds,
         if (region[slot] == rounds) continue;
         xt::fail(__FILE__, __LINE__,
                  "lost store: slot " + std::to_string(slot) + " holds " +
-                     std::to_string(region[slot]) + " after " + std::to_string(rounds) +
-                     " rounds");
+                     std::to_string(region[slot]) + " after " + std::to_string(rounds) + " rounds");
     }
 }
 
@@ -150,12 +148,24 @@ void writer_test(Region kind) {
     xt::expect_all_ok({&attacher, &owner});
 }
 
-TEST_P(Conversion, BrkHeapUnderConcurrentStores) { writer_test(Region::heap_brk); }
-TEST_P(Conversion, MmapHeapUnderConcurrentStores) { writer_test(Region::heap_mmap); }
-TEST_P(Conversion, BssUnderConcurrentStores) { writer_test(Region::bss); }
-TEST_P(Conversion, DataUnderConcurrentStores) { writer_test(Region::data); }
-TEST_P(Conversion, MainStackUnderConcurrentStores) { writer_test(Region::main_stack); }
-TEST_P(Conversion, ThreadStackUnderConcurrentStores) { writer_test(Region::thread_stack); }
+TEST_P(Conversion, BrkHeapUnderConcurrentStores) {
+    writer_test(Region::heap_brk);
+}
+TEST_P(Conversion, MmapHeapUnderConcurrentStores) {
+    writer_test(Region::heap_mmap);
+}
+TEST_P(Conversion, BssUnderConcurrentStores) {
+    writer_test(Region::bss);
+}
+TEST_P(Conversion, DataUnderConcurrentStores) {
+    writer_test(Region::data);
+}
+TEST_P(Conversion, MainStackUnderConcurrentStores) {
+    writer_test(Region::main_stack);
+}
+TEST_P(Conversion, ThreadStackUnderConcurrentStores) {
+    writer_test(Region::thread_stack);
+}
 
 // The kernel writes to a thread's rseq area (in its TLS block) whenever the thread
 // returns to user space after being preempted. Converting those pages must not get the
@@ -235,8 +245,12 @@ void aligned_window_test(bool heap) {
     xt::expect_all_ok({&attacher, &owner});
 }
 
-TEST_P(Conversion, AlignedWindowAroundHeapBuffer) { aligned_window_test(true); }
-TEST_P(Conversion, AlignedWindowAroundBssBuffer) { aligned_window_test(false); }
+TEST_P(Conversion, AlignedWindowAroundHeapBuffer) {
+    aligned_window_test(true);
+}
+TEST_P(Conversion, AlignedWindowAroundBssBuffer) {
+    aligned_window_test(false);
+}
 
 // A MAP_SHARED anonymous mapping (shared with the owner's children, say) can be reached
 // only through /proc/self/map_files, which needs privilege; otherwise it is a hole.
@@ -254,7 +268,8 @@ TEST_P(Conversion, SharedAnonymousMapping) {
         auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
         auto view = permit.attach(0, kPage);
         CHILD_CHECK(xt::readable_by_kernel(view.data()) == reachable);
-        if (reachable) CHILD_CHECK(std::strcmp(reinterpret_cast<char *>(view.data()), "shared anon") == 0);
+        if (reachable)
+            CHILD_CHECK(std::strcmp(reinterpret_cast<char *>(view.data()), "shared anon") == 0);
         channel.send_b(1);
     });
     xt::expect_all_ok({&attacher, &owner});

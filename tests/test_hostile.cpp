@@ -22,7 +22,7 @@ namespace protocol = xpmem::user::protocol;
 constexpr std::size_t kPage = 4096;
 
 class Hostile : public xt::BackendTest {
-protected:
+  protected:
     void SetUp() override {
         xt::BackendTest::SetUp();
         if (!user_backend()) GTEST_SKIP() << "the wire protocol is the user backend's";
@@ -131,23 +131,26 @@ TEST_P(Hostile, SomeoneElsesGrantIsRefused) {
             fd, protocol::GetRequest{.segid = info.segid, .flags = XPMEM_RDONLY});
         CHILD_CHECK(granted.error == 0);
         // Grants are per connection: guessing other numbers finds nothing.
-        for (std::uint64_t guess : {granted.permit + 1, granted.permit + 2, std::uint64_t{0},
-                                    ~std::uint64_t{0}}) {
+        for (std::uint64_t guess :
+             {granted.permit + 1, granted.permit + 2, std::uint64_t{0}, ~std::uint64_t{0}}) {
             auto reply = ask<protocol::AttachReply>(
                 fd, protocol::AttachRequest{.permit = guess, .offset = 0, .size = kPage});
             CHILD_CHECK(reply.error == ENOENT && reply.piece_count == 0);
         }
         // Out of the segment, misaligned, or wrapping around.
         for (auto [offset, size] : {std::pair<std::uint64_t, std::uint64_t>{0, 8 * kPage},
-                                    {kPage, 4 * kPage}, {1, kPage}, {0, 0}, {kPage, ~0ULL}}) {
+                                    {kPage, 4 * kPage},
+                                    {1, kPage},
+                                    {0, 0},
+                                    {kPage, ~0ULL}}) {
             auto reply = ask<protocol::AttachReply>(
-                fd, protocol::AttachRequest{.permit = granted.permit, .offset = offset,
-                                            .size = size});
+                fd,
+                protocol::AttachRequest{.permit = granted.permit, .offset = offset, .size = size});
             CHILD_CHECK(reply.error == EINVAL);
         }
         // Bad flags in GET.
-        auto refused = ask<protocol::GetReply>(
-            fd, protocol::GetRequest{.segid = info.segid, .flags = 3});
+        auto refused =
+            ask<protocol::GetReply>(fd, protocol::GetRequest{.segid = info.segid, .flags = 3});
         CHILD_CHECK(refused.error == EINVAL);
         // Another connection cannot use this connection's grant.
         int other = raw_connect(info.pid);
@@ -189,8 +192,8 @@ TEST_P(Hostile, PeerDyingMidRequest) {
                 int fd = raw_connect(info.pid);
                 auto granted = ask<protocol::GetReply>(
                     fd, protocol::GetRequest{.segid = info.segid, .flags = XPMEM_RDWR});
-                protocol::AttachRequest request{.permit = granted.permit, .offset = 0,
-                                                .size = 4 * kPage};
+                protocol::AttachRequest request{
+                    .permit = granted.permit, .offset = 0, .size = 4 * kPage};
                 send(fd, &request, sizeof request, MSG_NOSIGNAL);
                 _exit(0);  // gone before the reply
             });
@@ -203,8 +206,8 @@ TEST_P(Hostile, PeerDyingMidRequest) {
 TEST_P(Hostile, ForgedRevokeIsRefused) {
     xt::Channel channel;
     xt::Process victim([&] {
-        auto *memory = static_cast<char *>(mmap(nullptr, kPage, PROT_READ | PROT_WRITE,
-                                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        auto *memory = static_cast<char *>(
+            mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
         std::strcpy(memory, "mine");
         auto segment = xpmem::Segment::make({reinterpret_cast<std::byte *>(memory), kPage});
         channel.send_a(segment.id());

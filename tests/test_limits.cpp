@@ -24,8 +24,8 @@ TEST_P(Limits, OwnerRemapUnderALiveAttachment) {
     xt::Channel channel;
     bool user = user_backend();
     xt::Process owner([&] {
-        auto *memory = static_cast<char *>(mmap(nullptr, kPage, PROT_READ | PROT_WRITE,
-                                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        auto *memory = static_cast<char *>(
+            mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
         std::strcpy(memory, "old");
         auto segment = xpmem::Segment::make({reinterpret_cast<std::byte *>(memory), kPage});
         channel.send_a(segment.id());
@@ -55,8 +55,8 @@ TEST_P(Limits, HoleFilledAfterAttach) {
     xt::Channel channel;
     bool user = user_backend();
     xt::Process owner([&] {
-        auto *memory = static_cast<char *>(mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE,
-                                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        auto *memory = static_cast<char *>(
+            mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
         munmap(memory + kPage, kPage);
         auto segment = xpmem::Segment::make({reinterpret_cast<std::byte *>(memory), 2 * kPage});
         channel.send_a(segment.id());

@@ -18,7 +18,7 @@ constexpr gid_t kOwnerGid = 5001;
 constexpr gid_t kOtherGid = 5002;
 
 class Permissions : public xt::BackendTest {
-protected:
+  protected:
     void SetUp() override {
         xt::BackendTest::SetUp();
         if (!xt::running_as_root()) GTEST_SKIP() << "needs root to act as several uids";
@@ -44,8 +44,7 @@ const std::vector<Identity> &identities() {
     return all;
 }
 
-constexpr std::array<mode_t, 10> kModes{0600, 0400, 0200, 0060, 0040,
-                                        0006, 0004, 0000, 0666, 0777};
+constexpr std::array<mode_t, 10> kModes{0600, 0400, 0200, 0060, 0040, 0006, 0004, 0000, 0666, 0777};
 using Segids = std::array<xpmem_segid_t, kModes.size()>;
 
 bool expected(const Identity &who, mode_t mode, int flags) {
@@ -60,8 +59,8 @@ TEST_P(Permissions, Matrix) {
     const std::size_t attachers = identities().size();
     xt::Process owner([&] {
         xt::become(kOwnerUid, kOwnerGid);
-        void *memory = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                            -1, 0);
+        void *memory =
+            mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         Segids segids;
         for (std::size_t i = 0; i < kModes.size(); ++i) {
             segids[i] = xpmem_make(memory, 4096, XPMEM_PERMIT_MODE,
@@ -82,13 +81,12 @@ TEST_P(Permissions, Matrix) {
                     xpmem_apid_t apid = xpmem_get(segids[i], flags, XPMEM_PERMIT_MODE, nullptr);
                     bool granted = apid > 0;
                     if (granted != expected(who, kModes[i], flags))
-                        xt::fail(__FILE__, __LINE__,
-                                 std::string(who.name) + ", mode 0" +
-                                     std::to_string(kModes[i] >> 6) +
-                                     std::to_string(kModes[i] >> 3 & 7) +
-                                     std::to_string(kModes[i] & 7) + ", " +
-                                     (flags == XPMEM_RDWR ? "RDWR" : "RDONLY") + ": " +
-                                     (granted ? "granted" : "refused"));
+                        xt::fail(
+                            __FILE__, __LINE__,
+                            std::string(who.name) + ", mode 0" + std::to_string(kModes[i] >> 6) +
+                                std::to_string(kModes[i] >> 3 & 7) + std::to_string(kModes[i] & 7) +
+                                ", " + (flags == XPMEM_RDWR ? "RDWR" : "RDONLY") + ": " +
+                                (granted ? "granted" : "refused"));
                     if (!granted) CHILD_CHECK(errno == EACCES);
                     if (granted) {
                         void *view = xpmem_attach(xpmem_addr{apid, 0}, 4096, nullptr);
@@ -112,8 +110,8 @@ TEST_P(Permissions, ReadOnlyAcrossUids) {
     xt::Channel channel;
     xt::Process owner([&] {
         xt::become(kOwnerUid, kOwnerGid);
-        auto *memory = static_cast<char *>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
-                                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        auto *memory = static_cast<char *>(
+            mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
         memory[0] = 'o';
         xpmem_segid_t segid = xpmem_make(memory, 4096, XPMEM_PERMIT_MODE, (void *)0644);
         channel.send_a(segid);

@@ -27,7 +27,9 @@ std::span<std::byte> anonymous(std::size_t size) {
     return {static_cast<std::byte *>(p), size};
 }
 
-void touch(const std::byte *address) { (void)*reinterpret_cast<const volatile char *>(address); }
+void touch(const std::byte *address) {
+    (void)*reinterpret_cast<const volatile char *>(address);
+}
 
 TEST_P(Revoke, HoleRaisesSigbus) {
     xt::Channel channel;

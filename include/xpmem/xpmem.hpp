@@ -5,13 +5,13 @@
 // (remove / release / detach) and never throws.
 #pragma once
 
+#include <sys/types.h>
 #include <xpmem.h>
 
 #include <cstddef>
 #include <span>
-#include <utility>
 #include <string_view>
-#include <sys/types.h>
+#include <utility>
 
 namespace xpmem {
 
@@ -27,7 +27,7 @@ int version();
 
 // A published range of this process's address space.
 class Segment {
-public:
+  public:
     // Publishes `range` (page-aligned) to processes whose credentials pass `mode` (0777 bits).
     static Segment make(std::span<std::byte> range, mode_t mode = 0600);
     // Publishes the whole address space, as UCX, Open MPI and MPICH do.
@@ -49,7 +49,7 @@ public:
     // Gives up ownership without removing.
     SegmentId release() noexcept { return std::exchange(id_, 0); }
 
-private:
+  private:
     explicit Segment(SegmentId id) noexcept : id_(id) {}
     SegmentId id_ = 0;
 };
@@ -58,7 +58,7 @@ class Attachment;
 
 // Access to another (or this) process's segment.
 class Permit {
-public:
+  public:
     static Permit get(SegmentId segment, Access access = Access::read_write);
     static Permit adopt(PermitId id) noexcept { return Permit(id); }
 
@@ -77,14 +77,14 @@ public:
     // Gives the permit back; every attachment made through it is detached.
     void release();
 
-private:
+  private:
     explicit Permit(PermitId id) noexcept : id_(id) {}
     PermitId id_ = 0;
 };
 
 // A mapping of a segment into this process.
 class Attachment {
-public:
+  public:
     Attachment() noexcept = default;
     Attachment(void *address, std::size_t size) noexcept
         : bytes_(static_cast<std::byte *>(address), size) {}
@@ -107,7 +107,7 @@ public:
 
     void detach();
 
-private:
+  private:
     std::span<std::byte> bytes_;
 };
 

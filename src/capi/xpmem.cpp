@@ -53,9 +53,8 @@ int xpmem_remove(xpmem_segid_t segid) {
 }
 
 xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type, void *permit_value) {
-    return or_errno(xpmem_apid_t{-1}, [&] {
-        return xpmem::core::get(segid, flags, permit_type, permit_value);
-    });
+    return or_errno(xpmem_apid_t{-1},
+                    [&] { return xpmem::core::get(segid, flags, permit_type, permit_value); });
 }
 
 int xpmem_release(xpmem_apid_t apid) {

@@ -16,7 +16,7 @@
 namespace xpmem::core {
 
 class Backend {
-public:
+  public:
     virtual ~Backend() = default;
 
     virtual std::string_view name() const = 0;
@@ -25,8 +25,7 @@ public:
     virtual void remove(xpmem_segid_t segid) = 0;
     virtual xpmem_apid_t get(xpmem_segid_t segid, int flags) = 0;
     virtual void release(xpmem_apid_t apid) = 0;
-    virtual void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size,
-                         void *at) = 0;
+    virtual void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) = 0;
     // `address` lies in an attachment or in no mapping at all; anything else is EINVAL.
     virtual void detach(void *address) = 0;
 

@@ -48,7 +48,7 @@ std::unique_ptr<Backend> select_backend() {
 }
 
 class Library {
-public:
+  public:
     Backend &backend() {
         std::lock_guard lock(mutex_);
         if (!backend_) {
@@ -65,7 +65,7 @@ public:
         return library;
     }
 
-private:
+  private:
     static void prepare() {
         Library &self = instance();
         self.mutex_.lock();
@@ -123,16 +123,22 @@ int to_mode(void *permit_value) {
 
 }  // namespace
 
-Backend &backend() { return Library::instance().backend(); }
+Backend &backend() {
+    return Library::instance().backend();
+}
 
 std::uintptr_t user_space_end() {
     static const std::uintptr_t end = probe_user_space_end();
     return end;
 }
 
-int version() { return backend().version(); }
+int version() {
+    return backend().version();
+}
 
-std::string_view backend_name() { return backend().name(); }
+std::string_view backend_name() {
+    return backend().name();
+}
 
 xpmem_segid_t make(void *vaddr, std::size_t size, int permit_type, void *permit_value) {
     if (permit_type != XPMEM_PERMIT_MODE) throw_errno(EINVAL, "xpmem_make: permit type");
@@ -177,6 +183,8 @@ void *attach(xpmem_addr addr, std::size_t size, void *vaddr) {
     return backend().attach(addr.apid, static_cast<std::uint64_t>(addr.offset), size, vaddr);
 }
 
-void detach(void *vaddr) { backend().detach(vaddr); }
+void detach(void *vaddr) {
+    backend().detach(vaddr);
+}
 
 }  // namespace xpmem::core

@@ -6,9 +6,13 @@
 
 namespace xpmem {
 
-std::string_view backend_name() { return core::backend_name(); }
+std::string_view backend_name() {
+    return core::backend_name();
+}
 
-int version() { return core::version(); }
+int version() {
+    return core::version();
+}
 
 Segment Segment::make(std::span<std::byte> range, mode_t mode) {
     return Segment(core::make(range.data(), range.size(), XPMEM_PERMIT_MODE,

@@ -13,7 +13,7 @@ namespace xpmem::kernel {
 namespace {
 
 class KernelBackend final : public core::Backend {
-public:
+  public:
     explicit KernelBackend(Probe probe)
         : device_(std::move(probe.device)), version_(probe.version) {}
 
@@ -45,8 +45,7 @@ public:
         xpmem_cmd_release cmd{apid};
         call(XPMEM_CMD_RELEASE, &cmd, "xpmem_release");
     }
-    void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size,
-                 void *at) override {
+    void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) override {
         xpmem_cmd_attach cmd{};
         cmd.apid = apid;
         cmd.offset = static_cast<__s64>(offset);
@@ -67,7 +66,7 @@ public:
     void after_fork_parent() noexcept override {}
     void after_fork_child() noexcept override {}
 
-private:
+  private:
     void call(unsigned long command, void *argument, const char *what) {
         if (::ioctl(device_.get(), command, argument) < 0) util::throw_last_errno(what);
     }
@@ -89,8 +88,8 @@ Probe probe_device() {
     probe.version = ::ioctl(probe.device.get(), XPMEM_CMD_VERSION, nullptr);
     if (probe.version < 0) {
         probe.error = errno;
-        probe.message = std::string(XPMEM_DEVICE_PATH " does not answer VERSION: ") +
-                        std::strerror(errno);
+        probe.message =
+            std::string(XPMEM_DEVICE_PATH " does not answer VERSION: ") + std::strerror(errno);
     }
     return probe;
 }

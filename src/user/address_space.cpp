@@ -39,8 +39,8 @@ UniqueFd open_verified(const std::string &path, const Vma &vma, bool writable) {
 
 bool Vma::special() const {
     return path == "[vdso]" || path == "[vvar]" || path == "[vsyscall]" ||
-           path == "[vvar_vclock]" || path == "[uprobes]" ||
-           path.rfind("/anon_hugepage", 0) == 0 || path.rfind("/SYSV", 0) == 0;
+           path == "[vvar_vclock]" || path == "[uprobes]" || path.rfind("/anon_hugepage", 0) == 0 ||
+           path.rfind("/SYSV", 0) == 0;
 }
 
 int Vma::protection() const {
@@ -85,8 +85,8 @@ void Pagemap::read(std::uintptr_t start, std::span<std::uint64_t> entries) const
     auto *out = reinterpret_cast<char *>(entries.data());
     std::size_t done = 0;
     while (fd_ && done < want) {
-        ssize_t got = ::pread(fd_.get(), out + done, want - done,
-                              offset + static_cast<off_t>(done));
+        ssize_t got =
+            ::pread(fd_.get(), out + done, want - done, offset + static_cast<off_t>(done));
         if (got <= 0) break;
         done += static_cast<std::size_t>(got);
     }
@@ -114,9 +114,9 @@ UniqueFd open_mapped_object(const Vma &vma, bool writable) {
                   vma.end);
     if (UniqueFd fd = open_verified(path, vma, writable)) return fd;
     static constexpr std::string_view kDeleted = " (deleted)";
-    bool deleted = vma.path.size() >= kDeleted.size() &&
-                   vma.path.compare(vma.path.size() - kDeleted.size(), kDeleted.size(),
-                                    kDeleted) == 0;
+    bool deleted =
+        vma.path.size() >= kDeleted.size() &&
+        vma.path.compare(vma.path.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0;
     if (!deleted && !vma.path.empty() && vma.path.front() == '/')
         if (UniqueFd fd = open_verified(vma.path, vma, writable)) return fd;
     // A memfd or unlinked file may still be open in this process.

@@ -35,7 +35,7 @@ std::vector<Vma> read_maps();
 
 // Page flags from /proc/self/pagemap (readable without privileges; PFNs are not used).
 class Pagemap {
-public:
+  public:
     static constexpr std::uint64_t kPresent = std::uint64_t{1} << 63;
     static constexpr std::uint64_t kSwapped = std::uint64_t{1} << 62;
     static constexpr std::uint64_t kFileOrShared = std::uint64_t{1} << 61;
@@ -47,7 +47,7 @@ public:
     // in a file mapping, say).
     bool any_anonymous(std::uintptr_t start, std::uintptr_t end) const;
 
-private:
+  private:
     util::UniqueFd fd_;
 };
 

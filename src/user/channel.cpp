@@ -102,8 +102,7 @@ void send_message(int socket, std::span<const std::byte> message, std::span<cons
     }
 }
 
-std::size_t receive_message(int socket, std::span<std::byte> buffer,
-                            std::vector<UniqueFd> *fds) {
+std::size_t receive_message(int socket, std::span<std::byte> buffer, std::vector<UniqueFd> *fds) {
     iovec io{buffer.data(), buffer.size()};
     msghdr header{};
     header.msg_iov = &io;

@@ -21,7 +21,8 @@ std::string read_file(const std::string &path) {
 // unprivileged owner has none over root); its uid_map is world-readable and tells the
 // namespaces apart in practice (the initial one maps all 2^32 ids onto themselves).
 bool same_user_namespace(const std::string &process) {
-    struct stat theirs {}, ours {};
+    struct stat theirs {
+    }, ours{};
     if (::stat(("/proc/" + process + "/ns/user").c_str(), &theirs) == 0 &&
         ::stat("/proc/self/ns/user", &ours) == 0)
         return theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev;

@@ -8,10 +8,11 @@
 // else closes the connection. The peer's identity always comes from SO_PEERCRED.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include <sys/types.h>
 
 namespace xpmem::user::protocol {
 
@@ -33,7 +34,9 @@ struct Header {
 };
 
 // segid = serial << 32 | owner pid; apid = serial << 32 | attacher pid.
-inline pid_t pid_of(std::int64_t id) { return static_cast<pid_t>(id & 0xffffffff); }
+inline pid_t pid_of(std::int64_t id) {
+    return static_cast<pid_t>(id & 0xffffffff);
+}
 inline std::int64_t make_id(std::uint32_t serial, pid_t pid) {
     return static_cast<std::int64_t>((std::uint64_t{serial & 0x7fffffffU} << 32) |
                                      static_cast<std::uint32_t>(pid));
@@ -95,6 +98,8 @@ struct RevokeReply {
     std::int32_t reserved = 0;
 };
 
-inline std::string socket_name(pid_t pid) { return "xpmem-user/" + std::to_string(pid); }
+inline std::string socket_name(pid_t pid) {
+    return "xpmem-user/" + std::to_string(pid);
+}
 
 }  // namespace xpmem::user::protocol

@@ -179,8 +179,8 @@ void copy_pages(std::uintptr_t start, std::size_t length, std::byte *to,
 
 // A mapping of the backing at `offset`, not inherited by fork children.
 Mapping map_backing(int fd, std::uint64_t offset, std::size_t length) {
-    void *at = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
-                      static_cast<off_t>(offset));
+    void *at =
+        ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
     if (at == MAP_FAILED) throw_last_errno("mmap backing");
     Mapping mapping(at, length);
     ::madvise(at, length, MADV_DONTFORK);
@@ -278,14 +278,13 @@ void convert_guarded(int backing, std::uint64_t offset, const Vma &vma, std::uin
         guard_window.end = next;
         guard_window.open = true;
         int error = 0;
-        if (::mprotect(reinterpret_cast<void *>(cursor), length,
-                       vma.protection() & ~PROT_WRITE) < 0)
+        if (::mprotect(reinterpret_cast<void *>(cursor), length, vma.protection() & ~PROT_WRITE) <
+            0)
             error = errno;
         if (error == 0) {
             copy_pages(cursor, length, copy.data(), nullptr);
             error = move_over(copy, cursor, vma.protection());
-            if (error != 0)
-                ::mprotect(reinterpret_cast<void *>(cursor), length, vma.protection());
+            if (error != 0) ::mprotect(reinterpret_cast<void *>(cursor), length, vma.protection());
         }
         guard_window.closed_at = now_ns();
         guard_window.open = false;
@@ -367,8 +366,7 @@ void make_private_after_fork(int backing_fd) noexcept {
         struct stat status {};
         if (::fstat(backing_fd, &status) < 0) return;
         for (const Vma &vma : read_maps()) {
-            if (!vma.shared || vma.inode != status.st_ino || vma.device != status.st_dev)
-                continue;
+            if (!vma.shared || vma.inode != status.st_ino || vma.device != status.st_dev) continue;
             std::size_t length = vma.end - vma.start;
             void *at = ::mmap(nullptr, length, PROT_READ | PROT_WRITE,
                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

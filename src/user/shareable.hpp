@@ -30,7 +30,7 @@ struct Interval {
 };
 
 class Backing {
-public:
+  public:
     Backing();
 
     int fd() const { return fd_.get(); }
@@ -50,9 +50,9 @@ public:
                                  std::span<const Vma> maps, std::span<const Interval> ours,
                                  std::span<const std::uintptr_t> unprotectable);
 
-private:
-    std::uint64_t choose_offset(std::uintptr_t start, std::uintptr_t end,
-                                std::span<const Vma> maps, std::span<const Interval> ours);
+  private:
+    std::uint64_t choose_offset(std::uintptr_t start, std::uintptr_t end, std::span<const Vma> maps,
+                                std::span<const Interval> ours);
 
     util::UniqueFd fd_;
     util::UniqueFd read_only_fd_;

@@ -20,8 +20,8 @@
 
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -105,8 +105,7 @@ struct AttachmentRecord {
 template <class Message>
 Message receive_exactly(int socket, std::vector<UniqueFd> *fds = nullptr) {
     Message message;
-    std::size_t size = receive_message(
-        socket, std::as_writable_bytes(std::span(&message, 1)), fds);
+    std::size_t size = receive_message(socket, std::as_writable_bytes(std::span(&message, 1)), fds);
     if (size == 0) throw_errno(ECONNRESET, "peer closed");
     if (size != sizeof message || message.header.magic != protocol::kMagic ||
         message.header.type != Message{}.header.type)
@@ -115,7 +114,7 @@ Message receive_exactly(int socket, std::vector<UniqueFd> *fds = nullptr) {
 }
 
 class UserBackend final : public Backend {
-public:
+  public:
     UserBackend();
     ~UserBackend() override;
 
@@ -132,7 +131,7 @@ public:
     void after_fork_parent() noexcept override { mutex_.unlock(); }
     void after_fork_child() noexcept override;
 
-private:
+  private:
     // service thread
     static void *service_main(void *self);
     void serve();
@@ -161,7 +160,7 @@ private:
 
     const pid_t pid_;
     const Owner self_;
-    UniqueFd sigbus_;   // empty sealed memfd: every touch of a mapping of it is SIGBUS
+    UniqueFd sigbus_;  // empty sealed memfd: every touch of a mapping of it is SIGBUS
     UniqueFd listen_;
     UniqueFd epoll_;
     UniqueFd stop_;
@@ -186,7 +185,8 @@ UserBackend::UserBackend()
     : pid_(::getpid()),
       self_{::geteuid(), ::getegid()},
       next_serial_(static_cast<std::uint32_t>(
-          std::chrono::steady_clock::now().time_since_epoch().count() & 0xffff) + 1) {
+                       std::chrono::steady_clock::now().time_since_epoch().count() & 0xffff) +
+                   1) {
     sigbus_.reset(static_cast<int>(::memfd_create("xpmem-hole", MFD_CLOEXEC | MFD_ALLOW_SEALING)));
     if (!sigbus_) throw_last_errno("memfd_create");
     if (::fcntl(sigbus_.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
@@ -197,8 +197,7 @@ UserBackend::UserBackend()
     if (!epoll_ || !stop_) throw_last_errno("epoll/eventfd");
     auto watch = [&](int fd, std::uint64_t tag) {
         epoll_event event{EPOLLIN, {.u64 = tag}};
-        if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) < 0)
-            throw_last_errno("epoll_ctl");
+        if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) < 0) throw_last_errno("epoll_ctl");
     };
     watch(stop_.get(), kStopTag);
     watch(listen_.get(), kListenTag);
@@ -367,8 +366,8 @@ void UserBackend::release(xpmem_apid_t apid) {
     }
     std::lock_guard lock(link->mutex);
     try {
-        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}),
-                     {}, true);
+        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}), {},
+                     true);
     } catch (const std::system_error &) {
         // The owner is gone or not reading; it forgets the grant when the link closes.
     }
@@ -396,9 +395,9 @@ void UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &rep
         if (piece.fd_index < 0) {
             map_sigbus(start, piece.length, prot);
         } else {
-            void *got = ::mmap(reinterpret_cast<void *>(start), piece.length, prot,
-                               MAP_SHARED | MAP_FIXED, fds[piece.fd_index].get(),
-                               static_cast<off_t>(piece.file_offset));
+            void *got =
+                ::mmap(reinterpret_cast<void *>(start), piece.length, prot, MAP_SHARED | MAP_FIXED,
+                       fds[piece.fd_index].get(), static_cast<off_t>(piece.file_offset));
             if (got == MAP_FAILED) throw_last_errno("map attachment");
         }
         mapped += piece.length;
@@ -417,8 +416,8 @@ void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t s
         if (at != nullptr) {
             auto start = reinterpret_cast<std::uintptr_t>(at);
             auto next = attachments_.lower_bound(start + size);
-            if (next != attachments_.begin() && std::prev(next)->first +
-                                                        std::prev(next)->second.size > start)
+            if (next != attachments_.begin() &&
+                std::prev(next)->first + std::prev(next)->second.size > start)
                 throw_errno(EINVAL, "xpmem_attach: over an attachment");
         }
     }
@@ -426,8 +425,8 @@ void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t s
     int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
     Mapping range;
     if (at == nullptr) {
-        void *reserved = ::mmap(nullptr, size, PROT_NONE,
-                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        void *reserved =
+            ::mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (reserved == MAP_FAILED) throw_last_errno("xpmem_attach: reserve");
         range = Mapping(reserved, size);
     } else {
@@ -441,10 +440,10 @@ void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t s
             protocol::AttachReply reply;
             std::vector<UniqueFd> fds;
             try {
-                send_message(permit.link->socket.get(),
-                             bytes_of(protocol::AttachRequest{.permit = permit.grant,
-                                                              .offset = offset + mapped,
-                                                              .size = size - mapped}));
+                send_message(
+                    permit.link->socket.get(),
+                    bytes_of(protocol::AttachRequest{
+                        .permit = permit.grant, .offset = offset + mapped, .size = size - mapped}));
                 reply = receive_exactly<protocol::AttachReply>(permit.link->socket.get(), &fds);
             } catch (const std::system_error &error) {
                 if (error.code().value() == EPROTO) throw;
@@ -469,7 +468,8 @@ void UserBackend::detach(void *address) {
     {
         std::lock_guard lock(mutex_);
         auto it = attachments_.upper_bound(target);
-        if (it != attachments_.begin() && target < std::prev(it)->first + std::prev(it)->second.size) {
+        if (it != attachments_.begin() &&
+            target < std::prev(it)->first + std::prev(it)->second.size) {
             --it;
             ::munmap(reinterpret_cast<void *>(it->first), it->second.size);
             attachments_.erase(it);
@@ -642,8 +642,8 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     {
         std::lock_guard lock(mutex_);
         auto grant = session.grants.find(request.permit);
-        auto segment = grant == session.grants.end() ? segments_.end()
-                                                     : segments_.find(grant->second.segid);
+        auto segment =
+            grant == session.grants.end() ? segments_.end() : segments_.find(grant->second.segid);
         if (segment == segments_.end()) {
             reply.error = ENOENT;
         } else if (request.size == 0 || !util::page_aligned(request.offset) ||
@@ -766,8 +766,8 @@ std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, 
                 add(length, 0, -1, false);  // unreachable object: see the README's limits
             } else {
                 fds.push_back(std::move(fd));
-                add(length, vma->offset + (cursor - vma->start),
-                    static_cast<int>(fds.size() - 1), writable);
+                add(length, vma->offset + (cursor - vma->start), static_cast<int>(fds.size() - 1),
+                    writable);
             }
         } else {
             if (!backing_) backing_.emplace();
@@ -782,6 +782,8 @@ std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, 
 
 }  // namespace
 
-std::unique_ptr<Backend> make_user_backend() { return std::make_unique<UserBackend>(); }
+std::unique_ptr<Backend> make_user_backend() {
+    return std::make_unique<UserBackend>();
+}
 
 }  // namespace xpmem::core

@@ -12,6 +12,8 @@ namespace xpmem::util {
 }
 
 // Throws with the current errno.
-[[noreturn]] inline void throw_last_errno(const char *what) { throw_errno(errno, what); }
+[[noreturn]] inline void throw_last_errno(const char *what) {
+    throw_errno(errno, what);
+}
 
 }  // namespace xpmem::util

@@ -11,13 +11,19 @@ namespace xpmem::util {
 
 inline constexpr std::size_t kPageSize = 4096;
 
-constexpr std::uintptr_t page_down(std::uintptr_t a) { return a & ~(kPageSize - 1); }
-constexpr std::uintptr_t page_up(std::uintptr_t a) { return (a + kPageSize - 1) & ~(kPageSize - 1); }
-constexpr bool page_aligned(std::uintptr_t a) { return (a & (kPageSize - 1)) == 0; }
+constexpr std::uintptr_t page_down(std::uintptr_t a) {
+    return a & ~(kPageSize - 1);
+}
+constexpr std::uintptr_t page_up(std::uintptr_t a) {
+    return (a + kPageSize - 1) & ~(kPageSize - 1);
+}
+constexpr bool page_aligned(std::uintptr_t a) {
+    return (a & (kPageSize - 1)) == 0;
+}
 
 // Owns one mmap'ed range; unmaps it on destruction.
 class Mapping {
-public:
+  public:
     Mapping() noexcept = default;
     Mapping(void *address, std::size_t size) noexcept
         : bytes_(static_cast<std::byte *>(address), size) {}
@@ -42,7 +48,7 @@ public:
         bytes_ = {};
     }
 
-private:
+  private:
     std::span<std::byte> bytes_;
 };
 
