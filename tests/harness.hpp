@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -104,6 +105,8 @@ class Channel {
 void become(uid_t uid, gid_t gid, const std::vector<gid_t> &groups = {});
 
 bool running_as_root();
+// Fresh private anonymous read-write memory (never freed: children are short-lived).
+std::span<std::byte> anonymous(std::size_t size);
 // Backends that work on this machine: "user" always, "kernel" when /dev/xpmem answers.
 std::vector<std::string> available_backends();
 // Number of open descriptors of the calling process.

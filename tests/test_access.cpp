@@ -21,15 +21,10 @@
 namespace {
 
 using namespace std::chrono_literals;
+using xt::anonymous;
 constexpr std::size_t kPage = 4096;
 
 class Access : public xt::BackendTest {};
-
-std::span<std::byte> anonymous(std::size_t size) {
-    void *p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHILD_CHECK(p != MAP_FAILED);
-    return {static_cast<std::byte *>(p), size};
-}
 
 // Spins until `word` holds `value` (seen through shared memory), at most 30 s.
 void await(const std::atomic<std::uint64_t> &word, std::uint64_t value) {

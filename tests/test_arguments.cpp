@@ -12,12 +12,6 @@ using xt::BackendTest;
 
 class Arguments : public BackendTest {};
 
-void *page_aligned_buffer(std::size_t size) {
-    void *p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHILD_CHECK(p != MAP_FAILED);
-    return p;
-}
-
 TEST_P(Arguments, VersionAndInit) {
     xt::Process child([] {
         CHILD_CHECK(xpmem_version() >= 0);
@@ -29,7 +23,7 @@ TEST_P(Arguments, VersionAndInit) {
 
 TEST_P(Arguments, Make) {
     xt::Process child([] {
-        auto *buffer = static_cast<char *>(page_aligned_buffer(4 * 4096));
+        auto *buffer = reinterpret_cast<char *>(xt::anonymous(4 * 4096).data());
         void *mode = reinterpret_cast<void *>(0600);
         CHILD_CHECK_ERRNO(xpmem_make(buffer, 4096, 0, mode), -1, EINVAL);
         CHILD_CHECK_ERRNO(xpmem_make(buffer, 4096, 2, mode), -1, EINVAL);
@@ -59,7 +53,7 @@ TEST_P(Arguments, Make) {
 
 TEST_P(Arguments, Remove) {
     xt::Process child([] {
-        auto *buffer = page_aligned_buffer(4096);
+        void *buffer = xt::anonymous(4096).data();
         CHILD_CHECK_ERRNO(xpmem_remove(0), -1, EINVAL);
         CHILD_CHECK_ERRNO(xpmem_remove(-5), -1, EINVAL);
         xpmem_segid_t segid = xpmem_make(buffer, 4096, XPMEM_PERMIT_MODE, (void *)0600);
@@ -74,7 +68,7 @@ TEST_P(Arguments, Remove) {
 
 TEST_P(Arguments, Get) {
     xt::Process child([] {
-        auto *buffer = page_aligned_buffer(4096);
+        void *buffer = xt::anonymous(4096).data();
         xpmem_segid_t segid = xpmem_make(buffer, 4096, XPMEM_PERMIT_MODE, (void *)0600);
         CHILD_CHECK(segid > 0);
         CHILD_CHECK_ERRNO(xpmem_get(0, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr), -1, EINVAL);
@@ -102,7 +96,7 @@ TEST_P(Arguments, Get) {
 
 TEST_P(Arguments, ReleaseAttachDetach) {
     xt::Process child([] {
-        auto *buffer = static_cast<char *>(page_aligned_buffer(4 * 4096));
+        auto *buffer = reinterpret_cast<char *>(xt::anonymous(4 * 4096).data());
         xpmem_segid_t segid = xpmem_make(buffer, 4 * 4096, XPMEM_PERMIT_MODE, (void *)0600);
         xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
         CHILD_CHECK(segid > 0 && apid > 0);
@@ -152,7 +146,7 @@ TEST_P(Arguments, ReleaseAttachDetach) {
 TEST_P(Arguments, PermitBelongsToItsHolder) {
     xt::Channel channel;
     xt::Process owner([&] {
-        void *buffer = page_aligned_buffer(4096);
+        void *buffer = xt::anonymous(4096).data();
         xpmem_segid_t segid = xpmem_make(buffer, 4096, XPMEM_PERMIT_MODE, (void *)0666);
         xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
         CHILD_CHECK(apid > 0);

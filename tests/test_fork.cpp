@@ -14,14 +14,9 @@
 namespace {
 
 constexpr std::size_t kPage = 4096;
+using xt::anonymous;
 
 class Fork : public xt::BackendTest {};
-
-std::span<std::byte> anonymous(std::size_t size) {
-    void *p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHILD_CHECK(p != MAP_FAILED);
-    return {static_cast<std::byte *>(p), size};
-}
 
 TEST_P(Fork, ChildInheritsNoAttachment) {
     xt::Channel channel;

@@ -17,15 +17,10 @@
 namespace {
 
 using namespace std::chrono_literals;
+using xt::anonymous;
 constexpr std::size_t kPage = 4096;
 
 class Revoke : public xt::BackendTest {};
-
-std::span<std::byte> anonymous(std::size_t size) {
-    void *p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHILD_CHECK(p != MAP_FAILED);
-    return {static_cast<std::byte *>(p), size};
-}
 
 void touch(const std::byte *address) {
     (void)*reinterpret_cast<const volatile char *>(address);
