@@ -158,6 +158,12 @@ bool running_as_root() {
     return geteuid() == 0;
 }
 
+std::span<std::byte> anonymous(std::size_t size) {
+    void *p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHILD_CHECK(p != MAP_FAILED);
+    return {static_cast<std::byte *>(p), size};
+}
+
 std::vector<std::string> available_backends() {
     std::vector<std::string> backends{"user"};
     int fd = open("/dev/xpmem", O_RDWR | O_CLOEXEC);
