@@ -214,6 +214,82 @@ TEST_P(Access, ReleaseDetachesEverything) {
     xt::expect_all_ok({&attacher, &owner});
 }
 
+// A range of many mappings and holes takes several replies from the owner (each carries
+// at most 64 pieces); every page lands where it belongs.
+TEST_P(Access, ManyPiecesInOneAttachment) {
+    constexpr std::size_t kPages = 301;
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(kPages * kPage);
+        for (std::size_t page = 0; page < kPages; ++page) {
+            if (page % 2 == 1)
+                CHILD_CHECK(munmap(memory.data() + page * kPage, kPage) == 0);
+            else
+                std::memcpy(memory.data() + page * kPage, &page, sizeof page);
+        }
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        channel.receive_a<int>();
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, kPages * kPage);
+        for (std::size_t page = 0; page < kPages; ++page) {
+            const std::byte *at = view.data() + page * kPage;
+            CHILD_CHECK(xt::readable_by_kernel(at) == (page % 2 == 0));
+            if (page % 2 == 0) CHILD_CHECK(*reinterpret_cast<const std::size_t *>(at) == page);
+        }
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
+// Every call is thread-safe: threads of one attacher get, attach, detach and release
+// concurrently while threads of the owner make and remove segments of their own.
+TEST_P(Access, ConcurrentCallers) {
+    constexpr int kThreads = 4;
+    constexpr int kRounds = 50;
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(64 * kPage);
+        for (std::size_t page = 0; page < 64; ++page) memory[page * kPage] = std::byte{1};
+        auto segment = xpmem::Segment::make(memory, 0600);
+        channel.send_a(segment.id());
+        std::vector<std::thread> threads;
+        for (int t = 0; t < kThreads; ++t)
+            threads.emplace_back([&] {
+                for (int round = 0; round < kRounds; ++round) {
+                    auto extra = xpmem::Segment::make(memory.subspan(0, kPage));
+                    extra.remove();
+                }
+            });
+        for (auto &thread : threads) thread.join();
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+    });
+    xt::Process attacher([&] {
+        auto segid = channel.receive_b<xpmem::SegmentId>();
+        std::vector<std::thread> threads;
+        std::atomic<int> failures{0};
+        for (int t = 0; t < kThreads; ++t)
+            threads.emplace_back([&, t] {
+                try {
+                    for (int round = 0; round < kRounds; ++round) {
+                        auto permit = xpmem::Permit::get(segid);
+                        auto offset = static_cast<off_t>((t * 16 + round % 16) * kPage);
+                        auto view = permit.attach(offset, kPage);
+                        if (view.bytes()[0] != std::byte{1}) ++failures;
+                    }
+                } catch (const std::exception &) {
+                    ++failures;
+                }
+            });
+        for (auto &thread : threads) thread.join();
+        CHILD_CHECK(failures == 0);
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
 // A process-shared mutex in the owner's memory synchronises owner and attacher. Only the
 // user backend promises this for private memory (spec section 2, system calls row).
 TEST_P(Access, ProcessSharedMutexInAnAttachment) {
