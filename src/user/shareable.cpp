@@ -329,7 +329,7 @@ std::uint64_t Backing::choose_offset(std::uintptr_t start, std::uintptr_t end,
     // The natural offset is the address itself, unless memory the owner moved (mremap,
     // realloc) still lives at those offsets elsewhere.
     for (const Vma &vma : maps) {
-        if (!this->maps(vma) || vma.offset == vma.start) continue;
+        if (!backs(vma) || vma.offset == vma.start) continue;
         bool library_owned = std::any_of(ours.begin(), ours.end(), [&](const Interval &i) {
             return vma.start >= i.start && vma.end <= i.end;
         });

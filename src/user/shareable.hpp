@@ -36,7 +36,8 @@ class Backing {
     int fd() const { return fd_.get(); }
     // A read-only descriptor of the same file, for read-only permits.
     int read_only_fd() const { return read_only_fd_.get(); }
-    bool maps(const Vma &vma) const {
+    // Whether `vma` is a mapping of this backing.
+    bool backs(const Vma &vma) const {
         return vma.shared && vma.inode == inode_ && vma.device == device_;
     }
     dev_t device() const { return device_; }

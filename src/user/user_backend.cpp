@@ -142,10 +142,10 @@ class UserBackend final : public Backend {
     void handle_revoke(Session &session, const protocol::RevokeRequest &request);
     void close_session(std::uint64_t tag);
     void owner_gone(pid_t owner);
-    std::size_t build_pieces(std::uintptr_t start, std::uintptr_t end, bool read_only,
-                             std::span<const Interval> ours,
-                             std::span<const std::uintptr_t> known_rseq_pages,
-                             protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
+    void build_pieces(std::uintptr_t start, std::uintptr_t end, bool read_only,
+                      std::span<const Interval> ours,
+                      std::span<const std::uintptr_t> known_rseq_pages,
+                      protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
 
     // attacher side
     std::shared_ptr<Link> link_to(pid_t owner);
@@ -685,10 +685,10 @@ void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest 
 
 // Describes [start, end) of this process as pieces an attacher maps, converting private
 // memory on the way. Fills a prefix when the reply runs out of pieces or descriptors.
-std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, bool read_only,
-                                      std::span<const Interval> ours,
-                                      std::span<const std::uintptr_t> known_rseq_pages,
-                                      protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
+void UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, bool read_only,
+                               std::span<const Interval> ours,
+                               std::span<const std::uintptr_t> known_rseq_pages,
+                               protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
     std::vector<std::uintptr_t> unprotectable = rseq_pages(known_rseq_pages, maps);
     int backing_index[2] = {-1, -1};  // read-only, writable descriptor of the backing
@@ -754,7 +754,7 @@ std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, 
             fds.push_back(std::move(fd));
             add(length, vma->offset + (cursor - vma->start), static_cast<int>(fds.size() - 1),
                 false);
-        } else if (backing_ && backing_->maps(*vma)) {
+        } else if (backing_ && backing_->backs(*vma)) {
             backing_piece(length, vma->offset + (cursor - vma->start), writable);
         } else if (vma->shared) {
             fd = open_mapped_object(*vma, writable);
@@ -777,7 +777,6 @@ std::size_t UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, 
         }
         cursor = piece_end;
     }
-    return cursor - start;
 }
 
 }  // namespace
