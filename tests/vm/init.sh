@@ -1,0 +1,50 @@
+#!/bin/sh
+# The test guest's /init: load the module, run the conformance suite against it as root
+# and as uid 65534, then the kernel checks, and report to the host through isa-debug-exit
+# (16: pass, 17: fail). A crash, panic or hang never reaches the report: the host's
+# timeout and QEMU's exit status tell those apart.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tmpfs tmpfs /tmp
+echo "guest: kernel $(uname -r)"
+
+fail() {
+    echo "guest: FAIL: $*"
+    dmesg | tail -40
+    /bin/guest_tool exit 17
+}
+
+insmod /xpmem.ko || fail "insmod"
+[ -c /dev/xpmem ] || fail "no /dev/xpmem"
+counters=/sys/kernel/debug/xpmem/counters
+
+run_suite() {  # $1: label, rest: command prefix
+    label=$1
+    shift
+    for test in /tests/test_*; do
+        if ! "$@" "$test" --gtest_brief=1 --gtest_filter="$FILTER"; then
+            echo "guest: $label: $(basename "$test") failed"
+            failed=1
+        fi
+    done
+}
+
+failed=0
+FILTER=$(cat /filter)
+cd /tmp
+run_suite root env XPMEM_BACKEND=kernel
+chmod 1777 /tmp
+run_suite uid65534 /bin/guest_tool run-as 65534 /bin/env XPMEM_BACKEND=kernel
+[ "$failed" = 0 ] || fail "conformance suite"
+
+sleep 1
+echo "guest: counters after the suite:"
+cat $counters
+grep -v " 0$" $counters && fail "unbalanced counters"
+dmesg | grep -E "Oops|BUG|WARNING|lockdep|Call Trace|general protection" && fail "kernel log"
+rmmod xpmem 2>/dev/null
+echo "guest: PASS"
+/bin/guest_tool exit 16

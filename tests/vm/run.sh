@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Builds xpmem.ko for each tested kernel, boots that kernel under QEMU (software
+# emulation) with a tiny initramfs holding busybox, the module and the statically
+# linked conformance suite, and runs the suite against the kernel backend (see
+# init.sh). Fails on any test failure, kernel warning, unbalanced counter, crash
+# or hang; keeps the serial log of a failed run and prints its relevant part.
+#
+#   tests/vm/run.sh [GTEST_FILTER]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+filter=${1:-*/kernel:Selection.*}
+work=${XPMEM_VM_WORK:-$root/build-vm}
+mkdir -p "$work"
+
+packages=(qemu-system-x86 busybox-static cpio kmod linux-image-amd64 linux-headers-amd64
+          linux-image-6.12-amd64 linux-headers-6.12-amd64 libc6-dev)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+        missing+=("$package")
+done
+if ((${#missing[@]})); then
+    apt-get update -qq
+    # INITRD=No: the host's initramfs is not regenerated for kernels it never boots.
+    INITRD=No DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+# The suite, linked statically: the guest has no libraries.
+cmake -S . -B "$work/static" -DXPMEM_STATIC_TESTS=ON -DXPMEM_BUILD_EXAMPLES=OFF \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$work/static" -j "$(nproc)" >/dev/null 2>&1 || cmake --build "$work/static"
+cc -static -O2 -Wall -Werror -o "$work/guest_tool" tests/vm/guest_tool.c
+
+status=0
+# The kernels the meta-packages point at: 6.1 (linux-image-amd64) and 6.12.
+for meta in linux-image-amd64 linux-image-6.12-amd64; do
+    image=$(dpkg-query -W -f='${Depends}' "$meta" | grep -o 'linux-image-[^ ,]*' | head -1)
+    version=${image#linux-image-}
+    version=${version%-unsigned}
+    headers=/usr/src/linux-headers-$version
+    echo "== $version"
+    module=$work/module-$version
+    rm -rf "$module" && mkdir -p "$module"
+    cp module/*.c module/*.h module/Makefile "$module"/
+    echo "obj-m := xpmem.o" >"$module/Kbuild"
+    echo "ccflags-y := -I$root/src/kernel" >>"$module/Kbuild"
+    make -s -C "$headers" M="$module" W=1 modules 2>&1 | tee "$module/build.log" |
+        grep -v "Skipping BTF" || true
+    if grep -qE "warning|error" "$module/build.log"; then
+        echo "module build for $version is not clean"; status=1; continue
+    fi
+
+    initramfs=$work/initramfs-$version
+    rm -rf "$initramfs" && mkdir -p "$initramfs"/{bin,tests,proc,sys,dev,tmp}
+    cp /bin/busybox "$initramfs/bin/"
+    for applet in $(/bin/busybox --list); do
+        [[ $applet == busybox ]] || ln -sf busybox "$initramfs/bin/$applet"
+    done
+    cp "$work/guest_tool" "$initramfs/bin/"
+    find "$work/static/tests" -maxdepth 1 -name "test_*" -type f -executable \
+        -exec cp {} "$initramfs/tests/" \;
+    cp "$module/xpmem.ko" "$initramfs/"
+    cp tests/vm/init.sh "$initramfs/init"
+    echo "$filter" >"$initramfs/filter"
+    (cd "$initramfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs-$version.cpio.gz"
+
+    log=$work/serial-$version.log
+    set +e
+    timeout 1500 qemu-system-x86_64 -accel tcg,thread=single -cpu max,la57=off -smp 2 -m 3G \
+        -kernel "/boot/vmlinuz-$version" -initrd "$work/initramfs-$version.cpio.gz" \
+        -append "console=ttyS0 rdinit=/init oops=panic panic=-1 softlockup_panic=1 quiet" \
+        -display none -monitor none -serial "file:$log" -no-reboot \
+        -device isa-debug-exit,iobase=0xf4,iosize=0x04
+    code=$?
+    set -e
+    tr -d '\r' <"$log" >"$log.txt"
+    if [[ $code -eq 33 ]]; then
+        grep -E "^guest:|tests? from|PASSED|SKIPPED" "$log.txt" | grep -v "^\[ *SKIPPED" | tail -30
+        echo "== $version: PASS"
+    else
+        echo "== $version: FAIL (QEMU exit $code; 124 is a hang). Serial log: $log.txt"
+        grep -E "guest:|FAILED|Failure|check failed|child|Oops|BUG|WARNING|panic|RIP|Call Trace" \
+            "$log.txt" | head -80
+        status=1
+    fi
+done
+exit $status
