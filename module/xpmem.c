@@ -201,12 +201,17 @@ static bool xpmem_invalidate(struct mmu_interval_notifier *notifier,
 {
 	struct xpmem_tg *owner = container_of(notifier, struct xpmem_tg, notifier);
 
+	/*
+	 * Nested in one of our own zaps: the range is attachment VMAs, which no
+	 * fault can look up, and our caller may hold this notifier_lock.
+	 */
+	if (xpmem_current_is_zapping())
+		return true;
 	if (!mmu_notifier_range_blockable(range))
 		return false;
 	mutex_lock(&owner->notifier_lock);
 	mmu_interval_set_seq(notifier, cur_seq);
-	if (!xpmem_current_is_zapping())
-		xpmem_zap(owner->slot, range->start, range->end);
+	xpmem_zap(owner->slot, range->start, range->end);
 	mutex_unlock(&owner->notifier_lock);
 	return true;
 }
@@ -365,8 +370,11 @@ static vm_fault_t xpmem_fault(struct vm_fault *vmf)
 	nr = min3((unsigned long)XPMEM_FAULT_PAGES,
 		  (vma->vm_end - vmf->address) >> PAGE_SHIFT,
 		  (att->owner_end - address) >> PAGE_SHIFT);
-	/* A read maps read-only: a later write faults again and breaks COW. */
-	prot = write ? vma->vm_page_prot : vm_get_page_prot(vma->vm_flags & ~VM_WRITE);
+	/*
+	 * A read maps read-only: a later write faults again and breaks COW. Not
+	 * vma->vm_page_prot: having pfn_mkwrite makes it write-protected.
+	 */
+	prot = vm_get_page_prot(write ? vma->vm_flags : vma->vm_flags & ~VM_WRITE);
 	if (!mmget_not_zero(owner->mm))
 		return VM_FAULT_SIGBUS;
 again:

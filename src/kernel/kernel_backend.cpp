@@ -6,7 +6,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "kernel/xpmem_abi.h"
+#include "xpmem_abi.h"
 #include "util/error.hpp"
 
 namespace xpmem::kernel {

@@ -43,9 +43,7 @@ for meta in linux-image-amd64 linux-image-6.12-amd64; do
     echo "== $version"
     module=$work/module-$version
     rm -rf "$module" && mkdir -p "$module"
-    cp module/*.c module/*.h module/Makefile "$module"/
-    echo "obj-m := xpmem.o" >"$module/Kbuild"
-    echo "ccflags-y := -I$root/src/kernel" >>"$module/Kbuild"
+    cp module/*.c module/*.h module/Makefile module/Kbuild "$module"/
     make -s -C "$headers" M="$module" W=1 modules 2>&1 | tee "$module/build.log" |
         grep -v "Skipping BTF" || true
     if grep -qE "warning|error" "$module/build.log"; then
@@ -70,7 +68,7 @@ for meta in linux-image-amd64 linux-image-6.12-amd64; do
     set +e
     timeout 1500 qemu-system-x86_64 -accel tcg,thread=single -cpu max,la57=off -smp 2 -m 3G \
         -kernel "/boot/vmlinuz-$version" -initrd "$work/initramfs-$version.cpio.gz" \
-        -append "console=ttyS0 rdinit=/init oops=panic panic=-1 softlockup_panic=1 quiet" \
+        -append "console=ttyS0 rdinit=/init oops=panic panic=-1 softlockup_panic=1 hung_task_panic=1 hung_task_timeout_secs=60 quiet" \
         -display none -monitor none -serial "file:$log" -no-reboot \
         -device isa-debug-exit,iobase=0xf4,iosize=0x04
     code=$?
