@@ -384,10 +384,15 @@ again:
 		return VM_FAULT_RETRY;
 	}
 	got = xpmem_gup_remote(owner->mm, address, nr, write ? FOLL_WRITE : 0, pages);
+	if (got <= 0 && write && xpmem_gup_remote(owner->mm, address, 1, 0, pages) == 1) {
+		/* The owner maps it read-only: never writable through us either. */
+		put_page(pages[0]);
+		ret = VM_FAULT_SIGSEGV;
+	}
 	mmap_read_unlock(owner->mm);
 	if (got <= 0) {
 		mmput(owner->mm);
-		return VM_FAULT_SIGBUS;	/* a hole, or not writable by the owner */
+		return ret == VM_FAULT_SIGSEGV ? ret : VM_FAULT_SIGBUS;	/* or a hole */
 	}
 	mutex_lock(&owner->notifier_lock);
 	if (mmu_interval_read_retry(&owner->notifier, seq) || READ_ONCE(att->revoked)) {

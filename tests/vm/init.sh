@@ -9,6 +9,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+# A hang shows its stacks before the host's timeout: every blocked task, every CPU.
+(sleep "$(cat /watchdog)"; echo w >/proc/sysrq-trigger; for i in 1 2 3; do echo l >/proc/sysrq-trigger; sleep 1; done) &
 echo "guest: kernel $(uname -r)"
 
 fail() {
@@ -34,6 +37,7 @@ run_suite() {  # $1: label, rest: command prefix
 
 failed=0
 FILTER=$(cat /filter)
+[ -x /debug ] && { timeout 60 /debug; echo "guest: debug exit $?"; }
 cd /tmp
 run_suite root env XPMEM_BACKEND=kernel
 chmod 1777 /tmp

@@ -61,7 +61,9 @@ for meta in linux-image-amd64 linux-image-6.12-amd64; do
         -exec cp {} "$initramfs/tests/" \;
     cp "$module/xpmem.ko" "$initramfs/"
     cp tests/vm/init.sh "$initramfs/init"
+    [[ -n ${XPMEM_VM_DEBUG:-} ]] && cp "$XPMEM_VM_DEBUG" "$initramfs/debug"  # a program to run first
     echo "$filter" >"$initramfs/filter"
+    echo "${XPMEM_VM_WATCHDOG:-1200}" >"$initramfs/watchdog"
     (cd "$initramfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs-$version.cpio.gz"
 
     log=$work/serial-$version.log
