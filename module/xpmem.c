@@ -333,11 +333,11 @@ static void xpmem_vma_close(struct vm_area_struct *vma)
  * other could otherwise deadlock on each other's mmap_lock behind waiting
  * writers, so on contention the fault is retried without holding ours.
  */
-static bool xpmem_lock_owner_mm(struct vm_fault *vmf, struct mm_struct *mm)
+static bool xpmem_lock_owner_mm(struct vm_fault *vmf, struct mm_struct *mm, bool may_retry)
 {
 	if (mmap_read_trylock(mm))
 		return true;
-	if ((vmf->flags & FAULT_FLAG_ALLOW_RETRY) &&
+	if (may_retry && (vmf->flags & FAULT_FLAG_ALLOW_RETRY) &&
 	    !(vmf->flags & FAULT_FLAG_RETRY_NOWAIT)) {
 		xpmem_release_fault_lock(vmf);
 		mmap_read_lock(mm);	/* wait for the owner, then retry */
@@ -348,21 +348,23 @@ static bool xpmem_lock_owner_mm(struct vm_fault *vmf, struct mm_struct *mm)
 	return true;
 }
 
-static vm_fault_t xpmem_fault(struct vm_fault *vmf)
+/*
+ * Maps the owner's pages from the faulting address on, writable if @write.
+ * @may_retry: the caller can take VM_FAULT_RETRY (->fault can, ->pfn_mkwrite
+ * cannot).
+ */
+static vm_fault_t xpmem_map(struct vm_fault *vmf, bool write, bool may_retry)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct xpmem_attachment *att = vma->vm_private_data;
 	struct xpmem_tg *owner = att->owner;
 	struct page *pages[XPMEM_FAULT_PAGES];
-	bool write = vmf->flags & FAULT_FLAG_WRITE;
 	unsigned long address, nr, seq, i;
 	unsigned int noreclaim;
 	vm_fault_t ret = VM_FAULT_NOPAGE;
 	pgprot_t prot;
 	long got;
 
-	if (xpmem_fault_needs_mmap_lock(vmf))
-		return VM_FAULT_RETRY;
 	address = (vmf->pgoff & ((1UL << XPMEM_SLOT_SHIFT) - 1)) << PAGE_SHIFT;
 	if (READ_ONCE(att->revoked) || address < att->owner_start ||
 	    address >= att->owner_end)
@@ -379,7 +381,7 @@ static vm_fault_t xpmem_fault(struct vm_fault *vmf)
 		return VM_FAULT_SIGBUS;
 again:
 	seq = mmu_interval_read_begin(&owner->notifier);
-	if (!xpmem_lock_owner_mm(vmf, owner->mm)) {
+	if (!xpmem_lock_owner_mm(vmf, owner->mm, may_retry)) {
 		mmput(owner->mm);
 		return VM_FAULT_RETRY;
 	}
@@ -425,11 +427,23 @@ again:
 	return ret;
 }
 
-/* A write to a page mapped read-only: drop it and fault again for writing. */
+static vm_fault_t xpmem_fault(struct vm_fault *vmf)
+{
+	if (xpmem_fault_needs_mmap_lock(vmf))
+		return VM_FAULT_RETRY;
+	return xpmem_map(vmf, vmf->flags & FAULT_FLAG_WRITE, true);
+}
+
+/*
+ * A write to a page mapped read-only: map it for writing right here. Only
+ * dropping the PTE is not enough: a CPU that retries a read-modify-write
+ * instruction load first (QEMU's TCG does) would read-fault it back in
+ * read-only, forever.
+ */
 static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 {
 	zap_vma_ptes(vmf->vma, vmf->address & PAGE_MASK, PAGE_SIZE);
-	return VM_FAULT_NOPAGE;
+	return xpmem_map(vmf, true, false);
 }
 
 static const struct vm_operations_struct xpmem_vm_ops = {
