@@ -100,12 +100,12 @@ TEST_P(Access, ReadOnlyPermitRefusesStores) {
         errno = 0;
         CHILD_CHECK(mprotect(attachment.data(), kPage, PROT_READ | PROT_WRITE) == -1);
         CHILD_CHECK(errno == EACCES);
-        channel.send_b(1);
         *reinterpret_cast<volatile char *>(attachment.data()) = 'x';  // must raise SIGSEGV
         _exit(0);
     });
     xt::Status status = reader.wait();
     EXPECT_EQ(status.signal(), SIGSEGV) << status.describe();
+    channel.send_b(1);  // only now may the owner exit: its exit would revoke too
     EXPECT_CHILD_OK(owner);
 }
 

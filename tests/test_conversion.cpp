@@ -364,11 +364,11 @@ TEST_P(Conversion, ReadOnlyFileMappingStaysReadOnly) {
         auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
         auto view = permit.attach(0, kPage);
         CHILD_CHECK(std::memcmp(view.data(), "file contents", 14) == 0);
-        channel.send_b(1);
         *reinterpret_cast<volatile char *>(view.data()) = 'X';  // must raise SIGSEGV
     });
     xt::Status status = attacher.wait();
     EXPECT_EQ(status.signal(), SIGSEGV) << status.describe();
+    channel.send_b(1);  // only now may the owner exit: its exit would revoke too
     EXPECT_CHILD_OK(owner);
     unlink(path);
 }

@@ -42,11 +42,11 @@ TEST_P(Revoke, HoleRaisesSigbus) {
         auto view = permit.attach(0, 3 * kPage);
         CHILD_CHECK(view.bytes()[0] == std::byte{1});
         CHILD_CHECK(view.bytes()[2 * kPage] == std::byte{3});
-        channel.send_b(1);
         touch(view.data() + kPage);  // must raise SIGBUS
     });
     xt::Status status = attacher.wait();
     EXPECT_EQ(status.signal(), SIGBUS) << status.describe();
+    channel.send_b(1);  // only now may the owner exit: its exit would revoke too
     EXPECT_CHILD_OK(owner);
 }
 
