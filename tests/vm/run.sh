@@ -34,6 +34,8 @@ cmake --build "$work/static" -j "$(nproc)" >/dev/null 2>&1 || cmake --build "$wo
 cc -static -O2 -Wall -Werror -o "$work/guest_tool" tests/vm/guest_tool.c
 
 status=0
+passed=0
+failed=0
 # The kernels the meta-packages point at: 6.1 (linux-image-amd64) and 6.12.
 for meta in linux-image-amd64 linux-image-6.12-amd64; do
     image=$(dpkg-query -W -f='${Depends}' "$meta" | grep -o 'linux-image-[^ ,]*' | head -1)
@@ -47,7 +49,9 @@ for meta in linux-image-amd64 linux-image-6.12-amd64; do
     make -s -C "$headers" M="$module" W=1 modules 2>&1 | tee "$module/build.log" |
         grep -v "Skipping BTF" || true
     if grep -qE "warning|error" "$module/build.log"; then
-        echo "module build for $version is not clean"; status=1; continue
+        echo "module build for $version is not clean"
+        status=1 failed=$((failed + 1))
+        continue
     fi
 
     initramfs=$work/initramfs-$version
@@ -79,11 +83,13 @@ for meta in linux-image-amd64 linux-image-6.12-amd64; do
     if [[ $code -eq 33 ]]; then
         grep -E "^guest:|tests? from|PASSED|SKIPPED" "$log.txt" | grep -v "^\[ *SKIPPED" | tail -30
         echo "== $version: PASS"
+        passed=$((passed + 1))
     else
         echo "== $version: FAIL (QEMU exit $code; 124 is a hang). Serial log: $log.txt"
         grep -E "guest:|FAILED|Failure|check failed|child|Oops|BUG|WARNING|panic|RIP|Call Trace" \
             "$log.txt" | head -80
-        status=1
+        status=1 failed=$((failed + 1))
     fi
 done
+echo "kernels: $passed passed, $failed failed"
 exit $status
