@@ -214,6 +214,41 @@ TEST_P(Access, ReleaseDetachesEverything) {
     xt::expect_all_ok({&attacher, &owner});
 }
 
+// Unmapping or write-protecting part of an attachment affects that part only; detaching
+// through any remaining address removes the rest. Nothing kills the process.
+TEST_P(Access, PartialUnmapAndMprotectOfAnAttachment) {
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(4 * kPage);
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        CHILD_CHECK(memory[0] == std::byte{1} && memory[2 * kPage] == std::byte{3});
+    });
+    xt::Process attacher([&] {
+        auto segid = channel.receive_b<xpmem::SegmentId>();
+        xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+        auto *view =
+            static_cast<std::byte *>(xpmem_attach(xpmem_addr{apid, 0}, 4 * kPage, nullptr));
+        CHILD_CHECK(view != reinterpret_cast<void *>(-1));
+        CHILD_CHECK(munmap(view + kPage, kPage) == 0);
+        CHILD_CHECK(mprotect(view + 3 * kPage, kPage, PROT_READ) == 0);
+        view[0] = std::byte{1};
+        view[2 * kPage] = std::byte{3};
+        CHILD_CHECK(view[3 * kPage] == std::byte{0});
+        CHILD_CHECK(!xt::readable_by_kernel(view + kPage));
+        CHILD_CHECK(xpmem_detach(view + 2 * kPage) == 0);
+        unsigned char resident;
+        for (std::size_t page : {0, 2, 3}) {
+            errno = 0;
+            CHILD_CHECK(mincore(view + page * kPage, kPage, &resident) == -1 && errno == ENOMEM);
+        }
+        CHILD_CHECK(xpmem_release(apid) == 0);
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
 // A range of many mappings and holes takes several replies from the owner (each carries
 // at most 64 pieces); every page lands where it belongs.
 TEST_P(Access, ManyPiecesInOneAttachment) {
