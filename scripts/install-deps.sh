@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what building and testing need from Debian's archive (Debian 12 or newer).
-# Does nothing when everything is already there, so it is cheap to call every time.
+# Installs what building and testing need from Debian's archive (Debian 12 or newer),
+# plus any packages named as arguments. Does nothing when everything is already there,
+# so it is cheap to call every time.
 set -euo pipefail
-packages=(g++ cmake make pkgconf libgtest-dev libgmock-dev util-linux)
+packages=(g++ cmake make pkgconf libgtest-dev libgmock-dev util-linux "$@")
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
@@ -14,5 +15,8 @@ if ((${#missing[@]})); then
         exit 1
     fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # INITRD=No: kernel images installed for test guests do not regenerate the host's
+    # initramfs.
+    INITRD=No DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 fi

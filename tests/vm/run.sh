@@ -6,26 +6,16 @@
 # or hang; keeps the serial log of a failed run and prints its relevant part.
 #
 #   tests/vm/run.sh [GTEST_FILTER]
+#   XPMEM_VM_DEBUG=PROGRAM  also copy a static PROGRAM into the guest and run it first
+#   XPMEM_VM_WATCHDOG=S     dump blocked tasks and CPU stacks after S seconds (1200)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-root=$(pwd)
 filter=${1:-*/kernel:Selection.*}
 work=${XPMEM_VM_WORK:-$root/build-vm}
 mkdir -p "$work"
 
-packages=(qemu-system-x86 busybox-static cpio kmod linux-image-amd64 linux-headers-amd64
-          linux-image-6.12-amd64 linux-headers-6.12-amd64 libc6-dev)
-missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
-        missing+=("$package")
-done
-if ((${#missing[@]})); then
-    apt-get update -qq
-    # INITRD=No: the host's initramfs is not regenerated for kernels it never boots.
-    INITRD=No DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
-fi
+scripts/install-deps.sh qemu-system-x86 busybox-static cpio kmod linux-image-amd64 \
+    linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64 libc6-dev
 
 # The suite, linked statically: the guest has no libraries.
 cmake -S . -B "$work/static" -DXPMEM_STATIC_TESTS=ON -DXPMEM_BUILD_EXAMPLES=OFF \
