@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 filter=${1:-*/kernel:Selection.*}
-work=${XPMEM_VM_WORK:-$root/build-vm}
+work=${XPMEM_VM_WORK:-$(pwd)/build-vm}
 mkdir -p "$work"
 
 scripts/install-deps.sh qemu-system-x86 busybox-static cpio kmod linux-image-amd64 \
