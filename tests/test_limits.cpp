@@ -78,6 +78,37 @@ TEST_P(Limits, HoleFilledAfterAttach) {
     xt::expect_all_ok({&attacher, &owner});
 }
 
+// Spec section 5: MADV_DONTNEED must zero the owner's private memory, and attachments show
+// the owner's current memory. After the user backend made the memory shareable it is
+// shmem, where MADV_DONTNEED drops nothing: both sides keep the old bytes.
+TEST_P(Limits, OwnerMadviseDontneed) {
+    xt::Channel channel;
+    bool user = user_backend();
+    xt::Process owner([&] {
+        auto *memory = static_cast<char *>(
+            mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        std::strcpy(memory, "old");
+        auto segment = xpmem::Segment::make({reinterpret_cast<std::byte *>(memory), kPage});
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        CHILD_CHECK(madvise(memory, kPage, MADV_DONTNEED) == 0);
+        CHILD_CHECK(std::strcmp(memory, user ? "old" : "") == 0);
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, kPage);
+        CHILD_CHECK(std::strcmp(reinterpret_cast<const char *>(view.data()), "old") == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        CHILD_CHECK(std::strcmp(reinterpret_cast<const char *>(view.data()), user ? "old" : "") ==
+                    0);
+        channel.send_b(3);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
 INSTANTIATE_BACKENDS(Limits);
 
 }  // namespace
