@@ -111,6 +111,11 @@ struct xpmem_attachment {
 	bool revoked;			/* READ_ONCE in faults */
 };
 
+/* Pages mapped per fault; 1 behaves like the classic module (for comparisons). */
+static unsigned int fault_pages = XPMEM_FAULT_PAGES;
+module_param(fault_pages, uint, 0644);
+MODULE_PARM_DESC(fault_pages, "pages mapped per attachment fault (1-16)");
+
 static DEFINE_MUTEX(xpmem_lock);
 static DEFINE_XARRAY_ALLOC1(xpmem_segments);
 static DEFINE_XARRAY_ALLOC1(xpmem_permits);
@@ -369,7 +374,7 @@ static vm_fault_t xpmem_map(struct vm_fault *vmf, bool write, bool may_retry)
 	if (READ_ONCE(att->revoked) || address < att->owner_start ||
 	    address >= att->owner_end)
 		return VM_FAULT_SIGBUS;
-	nr = min3((unsigned long)XPMEM_FAULT_PAGES,
+	nr = min3((unsigned long)clamp_val(READ_ONCE(fault_pages), 1, XPMEM_FAULT_PAGES),
 		  (vma->vm_end - vmf->address) >> PAGE_SHIFT,
 		  (att->owner_end - address) >> PAGE_SHIFT);
 	/*

@@ -37,7 +37,7 @@ run_suite() {  # $1: label, rest: command prefix
 
 failed=0
 FILTER=$(cat /filter)
-[ -x /debug ] && { timeout 60 /debug; echo "guest: debug exit $?"; }
+[ -x /debug ] && { timeout 900 /debug; echo "guest: debug exit $?"; }
 cd /tmp
 run_suite root env XPMEM_BACKEND=kernel
 chmod 1777 /tmp
