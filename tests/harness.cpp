@@ -174,6 +174,15 @@ std::vector<std::string> available_backends() {
     return backends;
 }
 
+bool eventually(const std::function<bool()> &condition, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!condition()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
+}
+
 int count_open_fds() {
     DIR *directory = opendir("/proc/self/fd");
     int count = 0;

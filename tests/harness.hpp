@@ -109,6 +109,11 @@ bool running_as_root();
 std::span<std::byte> anonymous(std::size_t size);
 // Backends that work on this machine: "user" always, "kernel" when /dev/xpmem answers.
 std::vector<std::string> available_backends();
+// Waits until `condition` holds, at most `timeout`; returns whether it did. For effects
+// that happen asynchronously (a service noticing a peer's exit), without a fixed sleep.
+bool eventually(const std::function<bool()> &condition,
+                std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
 // Number of open descriptors of the calling process.
 int count_open_fds();
 // Whether the kernel can read from [address, address+1): false once it faults.

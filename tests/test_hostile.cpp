@@ -19,6 +19,7 @@
 namespace {
 
 namespace protocol = xpmem::user::protocol;
+using namespace std::chrono_literals;
 constexpr std::size_t kPage = 4096;
 
 class Hostile : public xt::BackendTest {
@@ -77,14 +78,17 @@ void owner(xt::Channel &channel) {
             CHILD_CHECK(std::strcmp(reinterpret_cast<char *>(view.data()), "intact") == 0);
         });
         CHILD_CHECK(good.wait().exited_ok());
-        usleep(100 * 1000);  // the service notices the connection's end
     };
     serve_good_attacher();  // the first attach sets up the backing: count after it
+    // The service notices the good attacher's end asynchronously: wait for the count to
+    // settle, then take it as the baseline.
     int fds = xt::count_open_fds();
+    while (xt::eventually([&] { return xt::count_open_fds() != fds; }, 200ms))
+        fds = xt::count_open_fds();
     channel.send_a(OwnerInfo{segment.id(), getpid()});
     CHILD_CHECK(channel.receive_a<int>() == 1);  // the hostile peer is done
     serve_good_attacher();
-    CHILD_CHECK(xt::count_open_fds() == fds);
+    CHILD_CHECK(xt::eventually([&] { return xt::count_open_fds() == fds; }));
     CHILD_CHECK(std::strcmp(memory, "intact") == 0);
 }
 

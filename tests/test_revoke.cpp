@@ -133,9 +133,9 @@ TEST_P(Revoke, AttacherExitFreesEverything) {
         int mappings = count_mappings();
         channel.send_a(1);
         CHILD_CHECK(channel.receive_a<int>() == 1);  // 40 more attachers done
-        std::this_thread::sleep_for(100ms);          // let the service notice the last exit
-        CHILD_CHECK(xt::count_open_fds() == fds);
-        CHILD_CHECK(count_mappings() == mappings);
+        // The service notices the last exit asynchronously.
+        CHILD_CHECK(xt::eventually([&] { return xt::count_open_fds() == fds; }));
+        CHILD_CHECK(xt::eventually([&] { return count_mappings() == mappings; }));
         CHILD_CHECK(memory[0] == std::byte{40});
     });
     auto attach_once = [&](xpmem::SegmentId segid, bool release) {

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The test guest's /init: load the module, run the conformance suite against it as root
+# The test guest's /init: load the module, run the conformance suite (both backends) as root
 # and as uid 65534, then the kernel checks, and report to the host through isa-debug-exit
 # (16: pass, 17: fail). A crash, panic or hang never reaches the report: the host's
 # timeout and QEMU's exit status tell those apart.
@@ -39,9 +39,9 @@ failed=0
 FILTER=$(cat /filter)
 [ -x /debug ] && { timeout 900 /debug; echo "guest: debug exit $?"; }
 cd /tmp
-run_suite root env XPMEM_BACKEND=kernel
+run_suite root env
 chmod 1777 /tmp
-run_suite uid65534 /bin/guest_tool run-as 65534 /bin/env XPMEM_BACKEND=kernel
+run_suite uid65534 /bin/guest_tool run-as 65534 /bin/env
 [ "$failed" = 0 ] || fail "conformance suite"
 
 sleep 1
