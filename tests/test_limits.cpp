@@ -7,6 +7,7 @@
 #include <xpmem.h>
 
 #include <cstring>
+#include <functional>
 #include <xpmem/xpmem.hpp>
 
 #include "harness.hpp"
@@ -17,96 +18,85 @@ constexpr std::size_t kPage = 4096;
 
 class Limits : public xt::BackendTest {};
 
-// Spec section 2, "owner changes its memory": after the owner unmaps and maps again, an
-// existing attachment must show the owner's current memory. The user backend still shows
-// the pages that were there when it was attached.
-TEST_P(Limits, OwnerRemapUnderALiveAttachment) {
+// The owner publishes `pages` pages set up by `prepare`; once the attacher has attached
+// them, the owner runs `change` on its memory, then the attacher runs `check` on its view.
+void after_owner_change(std::size_t pages, const std::function<void(char *)> &prepare,
+                        const std::function<void(char *)> &change,
+                        const std::function<void(const std::byte *)> &check) {
     xt::Channel channel;
-    bool user = user_backend();
     xt::Process owner([&] {
-        auto *memory = static_cast<char *>(
-            mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-        std::strcpy(memory, "old");
-        auto segment = xpmem::Segment::make({reinterpret_cast<std::byte *>(memory), kPage});
+        auto memory = xt::anonymous(pages * kPage);
+        auto *bytes = reinterpret_cast<char *>(memory.data());
+        prepare(bytes);
+        auto segment = xpmem::Segment::make(memory);
         channel.send_a(segment.id());
         CHILD_CHECK(channel.receive_a<int>() == 1);
-        CHILD_CHECK(munmap(memory, kPage) == 0);
-        CHILD_CHECK(mmap(memory, kPage, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == memory);
-        std::strcpy(memory, "new");
+        change(bytes);
         channel.send_a(2);
         CHILD_CHECK(channel.receive_a<int>() == 3);
     });
     xt::Process attacher([&] {
         auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
-        auto view = permit.attach(0, kPage);
+        auto view = permit.attach(0, pages * kPage);
         channel.send_b(1);
         CHILD_CHECK(channel.receive_b<int>() == 2);
-        const char *seen = reinterpret_cast<const char *>(view.data());
-        CHILD_CHECK(std::strcmp(seen, user ? "old" : "new") == 0);
+        check(view.data());
         channel.send_b(3);
     });
     xt::expect_all_ok({&attacher, &owner});
 }
 
+// Maps a fresh private page over `at`, replacing what was there.
+void remap_page(char *at) {
+    CHILD_CHECK(mmap(at, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+                     0) == at);
+}
+
+// Spec section 2, "owner changes its memory": after the owner unmaps and maps again, an
+// existing attachment must show the owner's current memory. The user backend still shows
+// the pages that were there when it was attached.
+TEST_P(Limits, OwnerRemapUnderALiveAttachment) {
+    bool user = user_backend();
+    after_owner_change(
+        1, [](char *memory) { std::strcpy(memory, "old"); },
+        [](char *memory) {
+            CHILD_CHECK(munmap(memory, kPage) == 0);
+            remap_page(memory);
+            std::strcpy(memory, "new");
+        },
+        [&](const std::byte *view) {
+            CHILD_CHECK(std::strcmp(reinterpret_cast<const char *>(view), user ? "old" : "new") ==
+                        0);
+        });
+}
+
 // Spec section 2, holes: memory the owner maps into a hole later must become visible.
 // In the user backend the hole stays a hole for attachments made before.
 TEST_P(Limits, HoleFilledAfterAttach) {
-    xt::Channel channel;
     bool user = user_backend();
-    xt::Process owner([&] {
-        auto *memory = static_cast<char *>(
-            mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-        munmap(memory + kPage, kPage);
-        auto segment = xpmem::Segment::make({reinterpret_cast<std::byte *>(memory), 2 * kPage});
-        channel.send_a(segment.id());
-        CHILD_CHECK(channel.receive_a<int>() == 1);
-        CHILD_CHECK(mmap(memory + kPage, kPage, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == memory + kPage);
-        std::strcpy(memory + kPage, "filled");
-        channel.send_a(2);
-        channel.receive_a<int>();
-    });
-    xt::Process attacher([&] {
-        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
-        auto view = permit.attach(0, 2 * kPage);
-        channel.send_b(1);
-        CHILD_CHECK(channel.receive_b<int>() == 2);
-        CHILD_CHECK(xt::readable_by_kernel(view.data() + kPage) == !user);
-        channel.send_b(3);
-    });
-    xt::expect_all_ok({&attacher, &owner});
+    after_owner_change(
+        2, [](char *memory) { CHILD_CHECK(munmap(memory + kPage, kPage) == 0); },
+        [](char *memory) {
+            remap_page(memory + kPage);
+            std::strcpy(memory + kPage, "filled");
+        },
+        [&](const std::byte *view) { CHILD_CHECK(xt::readable_by_kernel(view + kPage) == !user); });
 }
 
 // Spec section 5: MADV_DONTNEED must zero the owner's private memory, and attachments show
 // the owner's current memory. After the user backend made the memory shareable it is
 // shmem, where MADV_DONTNEED drops nothing: both sides keep the old bytes.
 TEST_P(Limits, OwnerMadviseDontneed) {
-    xt::Channel channel;
     bool user = user_backend();
-    xt::Process owner([&] {
-        auto *memory = static_cast<char *>(
-            mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-        std::strcpy(memory, "old");
-        auto segment = xpmem::Segment::make({reinterpret_cast<std::byte *>(memory), kPage});
-        channel.send_a(segment.id());
-        CHILD_CHECK(channel.receive_a<int>() == 1);
-        CHILD_CHECK(madvise(memory, kPage, MADV_DONTNEED) == 0);
-        CHILD_CHECK(std::strcmp(memory, user ? "old" : "") == 0);
-        channel.send_a(2);
-        CHILD_CHECK(channel.receive_a<int>() == 3);
-    });
-    xt::Process attacher([&] {
-        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
-        auto view = permit.attach(0, kPage);
-        CHILD_CHECK(std::strcmp(reinterpret_cast<const char *>(view.data()), "old") == 0);
-        channel.send_b(1);
-        CHILD_CHECK(channel.receive_b<int>() == 2);
-        CHILD_CHECK(std::strcmp(reinterpret_cast<const char *>(view.data()), user ? "old" : "") ==
-                    0);
-        channel.send_b(3);
-    });
-    xt::expect_all_ok({&attacher, &owner});
+    after_owner_change(
+        1, [](char *memory) { std::strcpy(memory, "old"); },
+        [&](char *memory) {
+            CHILD_CHECK(madvise(memory, kPage, MADV_DONTNEED) == 0);
+            CHILD_CHECK(std::strcmp(memory, user ? "old" : "") == 0);
+        },
+        [&](const std::byte *view) {
+            CHILD_CHECK(std::strcmp(reinterpret_cast<const char *>(view), user ? "old" : "") == 0);
+        });
 }
 
 INSTANTIATE_BACKENDS(Limits);
