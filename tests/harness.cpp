@@ -17,6 +17,7 @@
 #include <cstring>
 #include <exception>
 #include <thread>
+#include <xpmem/xpmem.hpp>
 
 namespace xt {
 
@@ -201,8 +202,71 @@ bool readable_by_kernel(const void *address) {
     return readable;
 }
 
+void after_owner_change(std::size_t pages, const std::function<void(char *)> &prepare,
+                        const std::function<void(char *)> &change,
+                        const std::function<void(const std::byte *)> &check) {
+    constexpr std::size_t page = 4096;
+    Channel channel;
+    Process owner([&] {
+        auto memory = anonymous(pages * page);
+        auto *bytes = reinterpret_cast<char *>(memory.data());
+        prepare(bytes);
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        change(bytes);
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);
+    });
+    Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, pages * page);
+        // Fault every page in first, so that a change must invalidate what is mapped.
+        for (std::size_t offset = 0; offset < pages * page; offset += page)
+            (void)readable_by_kernel(view.data() + offset);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        check(view.data());
+        channel.send_b(3);
+    });
+    expect_all_ok({&attacher, &owner});
+}
+
+namespace {
+
+constexpr const char *kModuleCounters = "/sys/kernel/debug/xpmem/counters";
+
+// The module's live-object counters ("name value" lines), or "" when unreadable.
+std::string module_counters() {
+    std::string text;
+    if (FILE *file = std::fopen(kModuleCounters, "r")) {
+        char line[128];
+        while (std::fgets(line, sizeof line, file) != nullptr) text += line;
+        std::fclose(file);
+    }
+    return text;
+}
+
+bool all_zero(const std::string &counters) {
+    std::size_t at = 0;
+    while ((at = counters.find(' ', at)) != std::string::npos) {
+        if (counters.compare(at, 3, " 0\n") != 0) return false;
+        ++at;
+    }
+    return true;
+}
+
+}  // namespace
+
 void BackendTest::SetUp() {
     setenv("XPMEM_BACKEND", GetParam().c_str(), 1);
+}
+
+void BackendTest::TearDown() {
+    if (GetParam() != "kernel" || module_counters().empty()) return;
+    // Objects die when the last descriptor of a process closes: shortly after exit.
+    bool clean = eventually([] { return all_zero(module_counters()); });
+    EXPECT_TRUE(clean) << "the module still holds objects after this test:\n" << module_counters();
 }
 
 std::string backend_test_name(const ::testing::TestParamInfo<std::string> &info) {

@@ -12,8 +12,8 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <span>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -119,10 +119,20 @@ int count_open_fds();
 // Whether the kernel can read from [address, address+1): false once it faults.
 bool readable_by_kernel(const void *address);
 
-// The fixture every conformance test derives from: parameterised by backend name.
+// The owner publishes `pages` fresh anonymous pages set up by `prepare`; once the attacher
+// has attached them and faulted them in, the owner runs `change` on its memory, then the
+// attacher runs `check` on its view. Spec section 2, "owner changes its memory".
+void after_owner_change(std::size_t pages, const std::function<void(char *)> &prepare,
+                        const std::function<void(char *)> &change,
+                        const std::function<void(const std::byte *)> &check);
+
+// The fixture every conformance test derives from: parameterised by backend name. With the
+// kernel backend, where the module's counters are readable (root, debugfs mounted), every
+// test ends by checking that all its objects are gone again.
 class BackendTest : public ::testing::TestWithParam<std::string> {
   protected:
     void SetUp() override;
+    void TearDown() override;
     bool user_backend() const { return GetParam() == "user"; }
 };
 

@@ -3,6 +3,8 @@
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <xpmem.h>
 
@@ -100,6 +102,8 @@ TEST_P(Fork, OwnerMemoryStaysCopyOnWrite) {
     xt::Process attacher([&] {
         auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
         auto view = permit.attach(0, 4 * kPage);
+        for (std::size_t page = 0; page < 4; ++page)  // mapped before the owner forks
+            CHILD_CHECK(xt::readable_by_kernel(view.data() + page * kPage));
         channel.send_b(1);
         CHILD_CHECK(channel.receive_b<int>() == 2);
         CHILD_CHECK(std::memcmp(view.data(), "parent", 7) == 0);
@@ -107,6 +111,30 @@ TEST_P(Fork, OwnerMemoryStaysCopyOnWrite) {
         channel.send_b(3);
     });
     xt::expect_all_ok({&attacher, &owner});
+}
+
+// A child made by a raw fork system call runs no pthread_atfork handler and starts with its
+// parent's library state. The module answers that state with XPMEM_ERRNO_NOPROC, and the
+// library recovers by opening the device afresh (spec section 2, fork).
+TEST_P(Fork, RawForkChildRecoversFromNoproc) {
+    if (user_backend())
+        GTEST_SKIP() << "the user backend relies on its atfork handlers (README, Limits)";
+    xt::Process parent([&] {
+        CHILD_CHECK(xpmem_version() > 0);  // the library is set up in the parent
+        auto memory = anonymous(kPage);
+        pid_t child = static_cast<pid_t>(syscall(SYS_fork));
+        CHILD_CHECK(child >= 0);
+        if (child == 0) {
+            xpmem_segid_t own =
+                xpmem_make(memory.data(), kPage, XPMEM_PERMIT_MODE, reinterpret_cast<void *>(0600));
+            _exit(own > 0 && xpmem_remove(own) == 0 ? 0 : 1);
+        }
+        int status = 0;
+        CHILD_CHECK(waitpid(child, &status, 0) == child);
+        CHILD_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        auto segment = xpmem::Segment::make(memory);  // the parent's state is untouched
+    });
+    EXPECT_CHILD_OK(parent);
 }
 
 INSTANTIATE_BACKENDS(Fork);

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <string>
 #include <thread>
 #include <xpmem/xpmem.hpp>
 
@@ -158,6 +159,44 @@ TEST_P(Revoke, AttacherExitFreesEverything) {
         channel.send_b(1);
     });
     xt::expect_all_ok({&driver, &owner});
+}
+
+// The library's descriptor of /dev/xpmem, or -1.
+int device_descriptor() {
+    for (int fd = 0; fd < 1024; ++fd) {
+        char link[64] = {};
+        std::string path = "/proc/self/fd/" + std::to_string(fd);
+        if (readlink(path.c_str(), link, sizeof link - 1) > 0 &&
+            std::strcmp(link, "/dev/xpmem") == 0)
+            return fd;
+    }
+    return -1;
+}
+
+// Spec section 4: closing a dup()ed descriptor of the device, or a fork child exiting with
+// its inherited copy, must not tear the owner's state down (the classic module does).
+TEST_P(Revoke, ClosingACopyOfTheDescriptorRevokesNothing) {
+    if (user_backend()) GTEST_SKIP() << "the user backend has no device descriptor";
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(kPage);
+        std::strcpy(reinterpret_cast<char *>(memory.data()), "still here");
+        auto segment = xpmem::Segment::make(memory);
+        int device = device_descriptor();
+        CHILD_CHECK(device >= 0);
+        CHILD_CHECK(close(dup(device)) == 0);
+        xt::Process child([] {});  // exits with its copy of the descriptor
+        CHILD_CHECK(child.wait().exited_ok());
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, kPage);
+        CHILD_CHECK(std::strcmp(reinterpret_cast<const char *>(view.data()), "still here") == 0);
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
 }
 
 INSTANTIATE_BACKENDS(Revoke);

@@ -6,8 +6,8 @@
 #include <cstring>
 #include <mutex>
 
-#include "xpmem_abi.h"
 #include "util/error.hpp"
+#include "xpmem_abi.h"
 
 namespace xpmem::kernel {
 namespace {
@@ -61,16 +61,39 @@ class KernelBackend final : public core::Backend {
     }
 
     // The module keys its state by thread group; the atfork child handler drops this
-    // backend, so the child reopens the device on its next call.
+    // backend, so the child reopens the device on its next call (see call() otherwise).
     void before_fork() noexcept override {}
     void after_fork_parent() noexcept override {}
     void after_fork_child() noexcept override {}
 
   private:
     void call(unsigned long command, void *argument, const char *what) {
-        if (::ioctl(device_.get(), command, argument) < 0) util::throw_last_errno(what);
+        int device = current_device();
+        if (::ioctl(device, command, argument) >= 0) return;
+        // A child made without fork()'s atfork handlers (a raw clone) still holds its
+        // parent's descriptor, which the module answers with NOPROC: open afresh, once.
+        if (errno == XPMEM_ERRNO_NOPROC && reopen(device) &&
+            ::ioctl(current_device(), command, argument) >= 0)
+            return;
+        util::throw_last_errno(what);
     }
 
+    int current_device() {
+        std::lock_guard lock(device_mutex_);
+        return device_.get();
+    }
+
+    // Replaces `stale` unless another thread already did; false if the device won't open.
+    bool reopen(int stale) {
+        std::lock_guard lock(device_mutex_);
+        if (device_.get() != stale) return true;
+        util::UniqueFd fresh(::open(XPMEM_DEVICE_PATH, O_RDWR | O_CLOEXEC));
+        if (!fresh) return false;
+        device_ = std::move(fresh);
+        return true;
+    }
+
+    std::mutex device_mutex_;
     util::UniqueFd device_;
     int version_;
 };

@@ -1,5 +1,7 @@
 #include "user/threads.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cstddef>
 
@@ -20,18 +22,50 @@ std::uintptr_t current_rseq_page() noexcept {
     return util::page_down(area);
 }
 
+namespace {
+
+// glibc's default thread stack size: a stack mapping that merged with the mapping above
+// it ends there rather than at the end of the merged mapping.
+std::size_t default_stack_size() noexcept {
+    pthread_attr_t attr;
+    std::size_t size = 0;
+    if (pthread_getattr_default_np(&attr) != 0) return 0;
+    pthread_attr_getstacksize(&attr, &size);
+    pthread_attr_destroy(&attr);
+    return size;
+}
+
+// Adds the rseq page of every thread descriptor in the two pages below `top`. A glibc
+// thread pointer (x86-64 tcbhead_t) points at itself twice, at offsets 0 and 16: a
+// signature ordinary data does not show, so memory merely lying above a PROT_NONE
+// mapping is not mistaken for a thread's.
+void add_descriptors_below(std::uintptr_t top, const Vma &stack,
+                           std::vector<std::uintptr_t> &pages) {
+    std::uintptr_t from = std::max(stack.start, top - 2 * util::kPageSize);
+    for (std::uintptr_t word = from; word + 3 * sizeof(std::uintptr_t) <= top;
+         word += sizeof(std::uintptr_t)) {
+        const auto *slots = reinterpret_cast<const std::uintptr_t *>(word);
+        if (slots[0] == word && slots[2] == word)
+            pages.push_back(util::page_down(word + static_cast<std::uintptr_t>(__rseq_offset)));
+    }
+}
+
+}  // namespace
+
 std::vector<std::uintptr_t> rseq_pages(std::span<const std::uintptr_t> known,
                                        std::span<const Vma> maps) {
     std::vector<std::uintptr_t> pages(known.begin(), known.end());
+    if (current_rseq_page() == 0) return pages;  // glibc registered no rseq areas
+    std::size_t stack_size = default_stack_size();
     for (std::size_t i = 1; i < maps.size(); ++i) {
         const Vma &guard = maps[i - 1];
         const Vma &stack = maps[i];
         if (guard.end != stack.start || guard.readable || guard.writable || guard.file_backed() ||
-            !stack.writable || stack.shared || stack.file_backed() ||
-            stack.end - stack.start < 2 * util::kPageSize)
+            !stack.readable || !stack.writable || stack.shared || stack.file_backed())
             continue;
-        pages.push_back(stack.end - util::kPageSize);
-        pages.push_back(stack.end - 2 * util::kPageSize);
+        add_descriptors_below(stack.end, stack, pages);
+        if (stack_size != 0 && guard.start + stack_size < stack.end)
+            add_descriptors_below(guard.start + stack_size, stack, pages);
     }
     std::sort(pages.begin(), pages.end());
     pages.erase(std::unique(pages.begin(), pages.end()), pages.end());

@@ -18,9 +18,9 @@ namespace xpmem::user {
 std::uintptr_t current_rseq_page() noexcept;
 
 // The rseq pages of the threads in `known` (thread-pointer pages of threads that called
-// the library, and the main thread's) and, because other threads are not known, the top
-// two pages of every glibc thread stack (an anonymous writable mapping right above a
-// PROT_NONE guard), where glibc keeps the thread's descriptor and TLS. Sorted, unique.
+// the library, and the main thread's) and, because other threads are not known, of every
+// thread descriptor found at the top of a glibc thread stack (an anonymous writable
+// mapping right above a PROT_NONE guard). Sorted, unique.
 std::vector<std::uintptr_t> rseq_pages(std::span<const std::uintptr_t> known,
                                        std::span<const Vma> maps);
 

@@ -62,7 +62,10 @@ for meta in linux-image-amd64 linux-image-6.12-amd64; do
 
     log=$work/serial-$version.log
     set +e
-    timeout 1500 qemu-system-x86_64 -accel tcg,thread=single -cpu max,la57=off -smp 2 -m 3G \
+    # Two NUMA nodes, so that page migration between them can be tested.
+    timeout 1500 qemu-system-x86_64 -accel tcg,thread=single -cpu max,la57=off -smp 2,sockets=2,cores=1 -m 3G \
+        -object memory-backend-ram,id=ram0,size=1536M -numa node,nodeid=0,cpus=0,memdev=ram0 \
+        -object memory-backend-ram,id=ram1,size=1536M -numa node,nodeid=1,cpus=1,memdev=ram1 \
         -kernel "/boot/vmlinuz-$version" -initrd "$work/initramfs-$version.cpio.gz" \
         -append "console=ttyS0 rdinit=/init oops=panic panic=-1 softlockup_panic=1 hung_task_panic=1 hung_task_timeout_secs=60 quiet" \
         -display none -monitor none -serial "file:$log" -no-reboot \
