@@ -42,9 +42,10 @@ static inline long xpmem_gup_remote(struct mm_struct *mm, unsigned long start,
 }
 
 /*
- * Kernels with release_fault_lock() (6.4 on) may fault under a per-VMA lock. The attachment fault handler needs
- * the mmap_lock, so such a fault is retried under it. Returns true (after
- * dropping the VMA lock) when the caller must return VM_FAULT_RETRY.
+ * Kernels with release_fault_lock() (6.4 on) may fault under a per-VMA lock.
+ * The attachment fault handler needs the mmap_lock, so such a fault is
+ * retried under it. Returns true (after dropping the VMA lock) when the
+ * caller must return VM_FAULT_RETRY.
  */
 static inline bool xpmem_fault_needs_mmap_lock(struct vm_fault *vmf)
 {

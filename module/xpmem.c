@@ -60,7 +60,7 @@
 #define XPMEM_RDWR 0x2
 #define XPMEM_SLOT_SHIFT 35		/* owner addresses below 2^47 */
 #define XPMEM_MAX_ADDRESS (1UL << (XPMEM_SLOT_SHIFT + PAGE_SHIFT))
-#define XPMEM_MAX_SLOTS (1U << 16)	/* keeps file offsets below 2^63 */
+#define XPMEM_MAX_SLOTS BIT(16)		/* keeps file offsets below 2^63 */
 #define XPMEM_FAULT_PAGES 16
 #define XPMEM_MAGIC 0x58504d4d
 
@@ -70,7 +70,7 @@ struct xpmem_tg {
 	struct mm_struct *mm;		/* mmgrab()ed */
 	u32 slot;			/* 0 until it makes a segment */
 	struct mmu_interval_notifier notifier;
-	struct mutex notifier_lock;
+	struct mutex notifier_lock;	/* faults against invalidations */
 	struct mutex attach_lock;	/* one attach mmap at a time */
 	struct xpmem_attachment *pending;	/* being mapped by attach */
 	struct task_struct *pending_task;
@@ -134,6 +134,7 @@ struct xpmem_zap_marker {
 	struct list_head link;
 	struct task_struct *task;
 };
+
 static LIST_HEAD(xpmem_zappers);
 static DEFINE_SPINLOCK(xpmem_zappers_lock);
 
@@ -724,7 +725,8 @@ static void xpmem_unmap_attachment(struct xpmem_attachment *att)
 	struct vm_area_struct *vma;
 
 	for (;;) {
-		start = end = 0;
+		start = 0;
+		end = 0;
 		mmap_read_lock(mm);
 		for (vma = find_vma(mm, att->address);
 		     vma && vma->vm_start < att->address + att->size;

@@ -50,6 +50,27 @@ struct xpmem_cmd_detach {
 	__u64 vaddr;
 };
 
+/* The classic LP64 layouts, checked wherever this header is compiled. */
+#ifdef __cplusplus
+#define XPMEM_ABI_CHECK(what) static_assert(what, #what)
+#else
+#define XPMEM_ABI_CHECK(what) _Static_assert(what, #what)
+#endif
+#define XPMEM_ABI_AT(type, field) __builtin_offsetof(struct type, field)
+XPMEM_ABI_CHECK(sizeof(struct xpmem_cmd_make) == 40 && XPMEM_ABI_AT(xpmem_cmd_make, size) == 8 &&
+		XPMEM_ABI_AT(xpmem_cmd_make, permit_type) == 16 &&
+		XPMEM_ABI_AT(xpmem_cmd_make, permit_value) == 24 &&
+		XPMEM_ABI_AT(xpmem_cmd_make, segid) == 32);
+XPMEM_ABI_CHECK(sizeof(struct xpmem_cmd_get) == 32 && XPMEM_ABI_AT(xpmem_cmd_get, flags) == 8 &&
+		XPMEM_ABI_AT(xpmem_cmd_get, permit_type) == 12 &&
+		XPMEM_ABI_AT(xpmem_cmd_get, permit_value) == 16 &&
+		XPMEM_ABI_AT(xpmem_cmd_get, apid) == 24);
+XPMEM_ABI_CHECK(sizeof(struct xpmem_cmd_attach) == 40 &&
+		XPMEM_ABI_AT(xpmem_cmd_attach, offset) == 8 &&
+		XPMEM_ABI_AT(xpmem_cmd_attach, size) == 16 &&
+		XPMEM_ABI_AT(xpmem_cmd_attach, vaddr) == 24 &&
+		XPMEM_ABI_AT(xpmem_cmd_attach, fd) == 32 && XPMEM_ABI_AT(xpmem_cmd_attach, flags) == 36);
+
 #define XPMEM_CMD_VERSION _IO(XPMEM_IOC_MAGIC, 0)
 #define XPMEM_CMD_MAKE _IO(XPMEM_IOC_MAGIC, 1)
 #define XPMEM_CMD_REMOVE _IO(XPMEM_IOC_MAGIC, 2)

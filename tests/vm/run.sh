@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds xpmem.ko for each tested kernel, boots that kernel under QEMU (software
-# emulation) with a tiny initramfs holding busybox, the module and the statically
-# linked conformance suite, and runs the whole suite there: the kernel backend
-# against the module, and the user backend on these older kernels (see init.sh). Fails on any test failure, kernel warning, unbalanced counter, crash
-# or hang; keeps the serial log of a failed run and prints its relevant part.
+# Checks the module's style with checkpatch, builds xpmem.ko for each tested
+# kernel, boots that kernel under QEMU (software emulation) with a tiny initramfs
+# holding busybox, the module and the statically linked conformance suite, and
+# runs the whole suite there: the kernel backend against the module, and the user
+# backend on these older kernels (see init.sh). Fails on any test failure, kernel
+# warning, unbalanced counter, crash or hang; keeps the serial log of a failed run
+# and prints its relevant part.
 #
 #   tests/vm/run.sh [GTEST_FILTER]
 #   XPMEM_VM_DEBUG=PROGRAM  also copy a static PROGRAM into the guest and run it first
@@ -15,7 +17,20 @@ work=${XPMEM_VM_WORK:-$(pwd)/build-vm}
 mkdir -p "$work"
 
 scripts/install-deps.sh qemu-system-x86 busybox-static cpio kmod linux-image-amd64 \
-    linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64 libc6-dev
+    linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64 libc6-dev \
+    linux-source-6.12
+
+# Kernel coding style, with checkpatch from Debian's kernel source package.
+checkpatch=$work/checkpatch/scripts/checkpatch.pl
+if [[ ! -x $checkpatch ]]; then
+    mkdir -p "$work/checkpatch"
+    tar -C "$work/checkpatch" --strip-components=1 -xf /usr/src/linux-source-6.12.tar.xz \
+        --wildcards '*/scripts/checkpatch.pl' '*/scripts/spelling.txt' \
+        '*/scripts/const_structs.checkpatch'
+fi
+for source in module/*.c module/*.h; do
+    "$checkpatch" --no-tree --quiet -f "$source" || { echo "checkpatch: $source"; exit 1; }
+done
 
 # The suite, linked statically: the guest has no libraries.
 cmake -S . -B "$work/static" -DXPMEM_STATIC_TESTS=ON -DXPMEM_BUILD_EXAMPLES=OFF \
