@@ -3,7 +3,8 @@
 # plus any packages named as arguments. Does nothing when everything is already there,
 # so it is cheap to call every time.
 set -euo pipefail
-packages=(g++ cmake make pkgconf libgtest-dev libgmock-dev util-linux "$@")
+packages=(g++ cmake make pkgconf libgtest-dev libgmock-dev util-linux libbenchmark-dev
+    libfmt-dev nlohmann-json3-dev libcxxopts-dev gnuplot-nox "$@")
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||

@@ -33,7 +33,7 @@ for source in module/*.c module/*.h; do
 done
 
 # The suite, linked statically: the guest has no libraries.
-cmake -S . -B "$work/static" -DXPMEM_STATIC_TESTS=ON -DXPMEM_BUILD_EXAMPLES=OFF \
+cmake -S . -B "$work/static" -DXPMEM_STATIC_TESTS=ON -DXPMEM_BUILD_EXAMPLES=OFF -DXPMEM_BUILD_TOOLS=OFF \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$work/static" -j "$(nproc)" >/dev/null 2>&1 || cmake --build "$work/static"
 cc -static -O2 -Wall -Werror -o "$work/guest_tool" tests/vm/guest_tool.c
