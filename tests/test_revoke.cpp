@@ -6,9 +6,11 @@
 #include <unistd.h>
 #include <xpmem.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <xpmem/xpmem.hpp>
@@ -121,6 +123,24 @@ int count_mappings() {
     return count;
 }
 
+// What each open descriptor of the calling process refers to.
+std::map<int, std::string> open_descriptors() {
+    std::map<int, std::string> targets;
+    for (int fd = 0; fd < 1024; ++fd) {
+        char link[256] = {};
+        std::string path = "/proc/self/fd/" + std::to_string(fd);
+        if (readlink(path.c_str(), link, sizeof link - 1) > 0) targets[fd] = link;
+    }
+    return targets;
+}
+
+int count_sockets() {
+    auto targets = open_descriptors();
+    return static_cast<int>(std::count_if(targets.begin(), targets.end(), [](const auto &entry) {
+        return entry.second.starts_with("socket:");
+    }));
+}
+
 // Attachers come and go (some release, some just exit); the owner keeps nothing for them.
 TEST_P(Revoke, AttacherExitFreesEverything) {
     xt::Channel channel;
@@ -128,8 +148,11 @@ TEST_P(Revoke, AttacherExitFreesEverything) {
         auto memory = anonymous(16 * kPage);
         auto segment = xpmem::Segment::make(memory);
         memory[0] = std::byte{0};
+        int idle_sockets = count_sockets();  // the service's own, before any attacher came
         channel.send_a(segment.id());
         CHILD_CHECK(channel.receive_a<int>() == 0);  // first round: library warmed up
+        // The baseline, once the service has noticed that the first attacher left.
+        CHILD_CHECK(xt::eventually([&] { return count_sockets() == idle_sockets; }));
         int fds = xt::count_open_fds();
         int mappings = count_mappings();
         channel.send_a(1);
@@ -163,13 +186,8 @@ TEST_P(Revoke, AttacherExitFreesEverything) {
 
 // The library's descriptor of /dev/xpmem, or -1.
 int device_descriptor() {
-    for (int fd = 0; fd < 1024; ++fd) {
-        char link[64] = {};
-        std::string path = "/proc/self/fd/" + std::to_string(fd);
-        if (readlink(path.c_str(), link, sizeof link - 1) > 0 &&
-            std::strcmp(link, "/dev/xpmem") == 0)
-            return fd;
-    }
+    for (const auto &[fd, target] : open_descriptors())
+        if (target == "/dev/xpmem") return fd;
     return -1;
 }
 
