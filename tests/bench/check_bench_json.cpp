@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
 
     std::set<std::string> kinds, mechanisms;
     for (const auto &figure : run["figures"]) {
-        for (const char *field : {"kind", "mechanism", "size", "median", "min", "max"})
+        for (const char *field : {"kind", "mechanism", "size", "median", "min", "max", "runs"})
             check(figure.contains(field), std::string("figure field ") + field);
         double median = figure["median"], low = figure["min"], high = figure["max"];
         check(low > 0 && low <= median && median <= high, "0 < min <= median <= max");
@@ -57,7 +57,7 @@ int main(int argc, char **argv) {
         check(kinds.count(kind) == 1, std::string("figures of kind ") + kind);
     for (const char *mechanism : {"xpmem", "cma", "shm-2copy", "memcpy"})
         check(mechanisms.count(mechanism) == 1, std::string("bandwidth of ") + mechanism);
-    check(run["targets"].size() == 6, "all six targets are reported");
+    check(run["targets"].size() == 7, "all seven target figures are reported");
     for (const auto &target : run["targets"])
         for (const char *field : {"figure", "measured", "bound", "at_least", "met"})
             check(target.contains(field), std::string("target field ") + field);

@@ -109,10 +109,10 @@ int main(int argc, char **argv) {
     settings.rotate = args["rotate"].as<std::size_t>();
     if (settings.rotate < 1 || settings.rotate > bench::kMaxRotate)
         die(fmt::format("--rotate takes 1 to {}", bench::kMaxRotate));
-    settings.repeats = args.count("repeats") ? args["repeats"].as<int>() : quick ? 3 : 7;
+    settings.repeats = args.count("repeats") ? args["repeats"].as<int>() : quick ? 5 : 9;
     if (settings.repeats < 1) die("--repeats must be at least 1");
     if (quick) {
-        settings.bytes_per_run = 64 << 20;
+        settings.bytes_per_run = 128 << 20;
         settings.pingpongs = 20000;
     }
     auto cpus = split(args["cpus"].as<std::string>());

@@ -200,27 +200,17 @@ class Receiver {
 
     ~Receiver() { command(Op::quit, Mechanism::xpmem, 0, 0); }
 
-    // Seconds per message for each timed run.
-    std::vector<double> bandwidth(Mechanism mechanism, std::size_t size) {
+    // Seconds per message, for one run.
+    double bandwidth(Mechanism mechanism, std::size_t size) {
         std::uint64_t iterations =
             std::clamp<std::uint64_t>(settings_.bytes_per_run / size, 3, 200000);
-        std::vector<double> runs;
-        for (int run = -1; run < settings_.repeats; ++run) {  // run -1: warm-up
-            double seconds = transfer(mechanism, size, iterations);
-            if (run >= 0) runs.push_back(seconds / static_cast<double>(iterations));
-        }
-        return runs;
+        return transfer(mechanism, size, iterations) / static_cast<double>(iterations);
     }
 
-    // Half a round trip, per run.
-    std::vector<double> latency(Mechanism mechanism, std::size_t size) {
+    // Half a round trip, for one run.
+    double latency(Mechanism mechanism, std::size_t size) {
         std::uint64_t iterations = std::clamp<std::uint64_t>((64 * kMiB) / size, 20, 20000);
-        std::vector<double> runs;
-        for (int run = -1; run < settings_.repeats; ++run) {
-            double seconds = ping_pong(mechanism, size, iterations);
-            if (run >= 0) runs.push_back(seconds / static_cast<double>(iterations) / 2);
-        }
-        return runs;
+        return ping_pong(mechanism, size, iterations) / static_cast<double>(iterations) / 2;
     }
 
     // 8-byte ping-pong through attachments (each side writes its own page, reads the
@@ -458,6 +448,14 @@ Stat summarize(std::vector<double> values) {
     return {median, values.front(), values.back()};
 }
 
+double paired_ratio(const Figure &a, const Figure &b) {
+    std::vector<double> ratios;
+    for (std::size_t i = 0; i < std::min(a.runs.size(), b.runs.size()); ++i)
+        ratios.push_back(a.runs[i] / b.runs[i]);
+    if (ratios.empty()) return a.value.median / b.value.median;
+    return summarize(ratios).median;
+}
+
 std::vector<Figure> run_all(const Settings &settings, std::string &backend) {
     std::size_t buffer_size =
         page_up(*std::max_element(settings.sizes.begin(), settings.sizes.end()));
@@ -481,41 +479,56 @@ std::vector<Figure> run_all(const Settings &settings, std::string &backend) {
     std::vector<Figure> figures;
     {
         Receiver receiver(shared, settings, buffer_size);
+        // Every buffer once through every mechanism first: the first measurements after
+        // setting up were several times slower without it (with buffers of 16 MiB and more).
+        for (Mechanism mechanism : kMechanisms) receiver.bandwidth(mechanism, buffer_size);
+        // The mechanisms take turns within each run, so that a slow phase of this machine
+        // hits them alike; run -1 warms up.
         for (std::size_t size : settings.sizes) {
-            for (Mechanism mechanism : kMechanisms) {
-                Stat seconds = summarize(receiver.bandwidth(mechanism, size));
-                // Bandwidth: bytes per second, so min and max swap.
-                double bytes = static_cast<double>(size);
+            std::vector<double> seconds[std::size(kMechanisms)];
+            for (int run = -1; run < settings.repeats; ++run)
+                for (std::size_t m = 0; m < std::size(kMechanisms); ++m) {
+                    double one = receiver.bandwidth(kMechanisms[m], size);
+                    if (run >= 0) seconds[m].push_back(static_cast<double>(size) / one);
+                }
+            for (std::size_t m = 0; m < std::size(kMechanisms); ++m)
                 figures.push_back(
-                    {"bandwidth",
-                     name(mechanism),
-                     size,
-                     {bytes / seconds.median, bytes / seconds.max, bytes / seconds.min}});
-            }
+                    {"bandwidth", name(kMechanisms[m]), size, summarize(seconds[m]), seconds[m]});
         }
+        constexpr Mechanism kPingPongers[] = {Mechanism::xpmem, Mechanism::cma,
+                                              Mechanism::shm_2copy};
         for (std::size_t size : settings.sizes) {
             if (size > kLatencyMax) continue;
-            for (Mechanism mechanism : {Mechanism::xpmem, Mechanism::cma, Mechanism::shm_2copy})
-                figures.push_back({"latency", name(mechanism), size,
-                                   summarize(receiver.latency(mechanism, size))});
+            std::vector<double> seconds[std::size(kPingPongers)];
+            for (int run = -1; run < settings.repeats; ++run)
+                for (std::size_t m = 0; m < std::size(kPingPongers); ++m) {
+                    double one = receiver.latency(kPingPongers[m], size);
+                    if (run >= 0) seconds[m].push_back(one);
+                }
+            for (std::size_t m = 0; m < std::size(kPingPongers); ++m)
+                figures.push_back(
+                    {"latency", name(kPingPongers[m]), size, summarize(seconds[m]), seconds[m]});
         }
         auto [attached, threads] = receiver.word_ping_pong();
-        figures.push_back({"pingpong", "xpmem", 8, summarize(attached)});
-        figures.push_back({"pingpong", "threads", 8, summarize(threads)});
+        figures.push_back({"pingpong", "xpmem", 8, summarize(attached), attached});
+        figures.push_back({"pingpong", "threads", 8, summarize(threads), threads});
         if (attach_size > 0) {
             auto [convert, copy] = receiver.first_attach(attach_size);
             figures.push_back(
-                {"convert", "first attach", attach_size, {convert, convert, convert}});
-            figures.push_back(
-                {"convert-memcpy", "memcpy into fresh memory", attach_size, {copy, copy, copy}});
+                {"convert", "first attach", attach_size, {convert, convert, convert}, {convert}});
+            figures.push_back({"convert-memcpy",
+                               "memcpy into fresh memory",
+                               attach_size,
+                               {copy, copy, copy},
+                               {copy}});
             for (std::size_t size : settings.attach_sizes) {
                 auto cost = receiver.attach_cost(size);
-                figures.push_back(
-                    {"attach", "xpmem_attach + touch", size, summarize(cost.attached)});
-                figures.push_back(
-                    {"attach-floor", "mmap(MAP_POPULATE) + touch", size, summarize(cost.floor)});
-                figures.push_back(
-                    {"attach-populate", "mmap(MAP_POPULATE)", size, summarize(cost.populate_only)});
+                figures.push_back({"attach", "xpmem_attach + touch", size, summarize(cost.attached),
+                                   cost.attached});
+                figures.push_back({"attach-floor", "mmap(MAP_POPULATE) + touch", size,
+                                   summarize(cost.floor), cost.floor});
+                figures.push_back({"attach-populate", "mmap(MAP_POPULATE)", size,
+                                   summarize(cost.populate_only), cost.populate_only});
             }
         }
     }

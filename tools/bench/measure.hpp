@@ -29,12 +29,17 @@ Stat summarize(std::vector<double> values);
 struct Figure {
     std::string kind;       // "bandwidth" (bytes/s), "latency" (s), "pingpong" (s),
                             // "attach" / "attach-floor" / "attach-populate" (s per
-                            // MiB), "convert" /
-                            // "convert-memcpy" (s per GiB)
+                            // MiB), "convert" / "convert-memcpy" (s per GiB)
     std::string mechanism;  // bandwidth/latency: the mechanism; else what was timed
     std::size_t size = 0;
     Stat value;
+    // Every timed run, in order: run i of one figure ran next to run i of the others of the
+    // same size, so ratios are taken run by run.
+    std::vector<double> runs;
 };
+
+// Figures a and b of one size, median of their run-by-run ratios a/b.
+double paired_ratio(const Figure &a, const Figure &b);
 
 // Forks the sender, runs every measurement, and returns the figures; the sender is
 // reaped before returning. `backend` is what the library selected ("user"/"kernel").

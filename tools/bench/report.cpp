@@ -22,12 +22,12 @@ std::string human_size(std::size_t size) {
     return fmt::format("{} B", size);
 }
 
-std::optional<Stat> find(const std::vector<Figure> &figures, const std::string &kind,
-                         const std::string &mechanism, std::size_t size) {
+const Figure *find(const std::vector<Figure> &figures, const std::string &kind,
+                   const std::string &mechanism, std::size_t size) {
     for (const Figure &figure : figures)
         if (figure.kind == kind && figure.mechanism == mechanism && figure.size == size)
-            return figure.value;
-    return std::nullopt;
+            return &figure;
+    return nullptr;
 }
 
 std::set<std::size_t> sizes_of(const std::vector<Figure> &figures, const std::string &kind) {
@@ -46,18 +46,18 @@ std::optional<double> worst_ratio(const std::vector<Figure> &figures, const std:
         auto x = find(figures, "bandwidth", a, size);
         auto y = find(figures, "bandwidth", b, size);
         if (!x || !y) continue;
-        double ratio = x->median / y->median;
+        double ratio = paired_ratio(*x, *y);
         worst = worst ? std::min(*worst, ratio) : ratio;
     }
     return worst;
 }
 
-std::string gbps(const std::optional<Stat> &stat) {
-    return stat ? fmt::format("{:.2f}", stat->median / 1e9) : "-";
+std::string gbps(const Figure *figure) {
+    return figure ? fmt::format("{:.2f}", figure->value.median / 1e9) : "-";
 }
 
-std::string ratio(const std::optional<Stat> &a, const std::optional<Stat> &b) {
-    return a && b ? fmt::format("{:.2f}", a->median / b->median) : "-";
+std::string ratio(const Figure *a, const Figure *b) {
+    return a && b ? fmt::format("{:.2f}", paired_ratio(*a, *b)) : "-";
 }
 
 }  // namespace
@@ -81,18 +81,25 @@ std::vector<Target> targets(const std::vector<Figure> &figures) {
     auto threads = find(figures, "pingpong", "threads", 8);
     if (attached && threads)
         add("8-byte ping-pong: attachment / two threads sharing a cache line",
-            attached->median / threads->median, 1.5, false);
+            paired_ratio(*attached, *threads), 1.5, false);
     auto attach = find(figures, "attach", "xpmem_attach + touch", 1UL << 30);
+    auto populate = find(figures, "attach-populate", "mmap(MAP_POPULATE)", 1UL << 30);
+    if (attach && populate)
+        add("attach + first touch of 1 GiB / mmap(MAP_POPULATE)", paired_ratio(*attach, *populate),
+            1.5, false);
+    // The same, against a floor that touches every page too (see the README).
     auto floor = find(figures, "attach-floor", "mmap(MAP_POPULATE) + touch", 1UL << 30);
     if (attach && floor)
         add("attach + first touch of 1 GiB / mmap(MAP_POPULATE) + touch",
-            attach->median / floor->median, 1.5, false);
+            paired_ratio(*attach, *floor), 1.5, false);
     return result;
 }
 
 std::string table(const std::vector<Figure> &figures, const std::vector<Target> &goals) {
     std::string out;
-    out += "Bandwidth, GB/s (median; receiver copies a message of this size)\n";
+    out +=
+        "Bandwidth, GB/s (median; receiver copies a message of this size); ratios are\n"
+        "medians of run-by-run ratios, the mechanisms taking turns within each run\n";
     out +=
         fmt::format("{:>9} {:>8} {:>8} {:>10} {:>8} | {:>13} {:>10} {:>16}\n", "size", "xpmem",
                     "cma", "shm-2copy", "memcpy", "xpmem/memcpy", "xpmem/cma", "xpmem/shm-2copy");
@@ -112,8 +119,8 @@ std::string table(const std::vector<Figure> &figures, const std::vector<Target> 
         auto x = find(figures, "latency", "xpmem", size);
         auto c = find(figures, "latency", "cma", size);
         auto s = find(figures, "latency", "shm-2copy", size);
-        auto us = [](const std::optional<Stat> &stat) {
-            return stat ? fmt::format("{:.2f}", stat->median * 1e6) : std::string("-");
+        auto us = [](const Figure *figure) {
+            return figure ? fmt::format("{:.2f}", figure->value.median * 1e6) : std::string("-");
         };
         out += fmt::format("{:>9} {:>8} {:>8} {:>10} | {:>10} {:>16}\n", human_size(size), us(x),
                            us(c), us(s), ratio(c, x), ratio(s, x));
@@ -124,7 +131,8 @@ std::string table(const std::vector<Figure> &figures, const std::vector<Target> 
         out += fmt::format(
             "\n8-byte ping-pong, half round trip: through attachments {:.0f} ns, two threads "
             "sharing a cache line {:.0f} ns (ratio {:.2f})\n",
-            attached->median * 1e9, threads->median * 1e9, attached->median / threads->median);
+            attached->value.median * 1e9, threads->value.median * 1e9,
+            paired_ratio(*attached, *threads));
 
     auto attach_sizes = sizes_of(figures, "attach");
     if (!attach_sizes.empty()) {
@@ -138,7 +146,8 @@ std::string table(const std::vector<Figure> &figures, const std::vector<Target> 
             auto f = find(figures, "attach-floor", "mmap(MAP_POPULATE) + touch", size);
             auto p = find(figures, "attach-populate", "mmap(MAP_POPULATE)", size);
             out += fmt::format("{:>9} {:>14.3f} {:>14.3f} {:>20.3f} | {:>12}\n", human_size(size),
-                               a->median * 1e3, f->median * 1e3, p->median * 1e3, ratio(a, f));
+                               a->value.median * 1e3, f->value.median * 1e3, p->value.median * 1e3,
+                               ratio(a, f));
         }
     }
     for (const Figure &figure : figures)
@@ -148,8 +157,8 @@ std::string table(const std::vector<Figure> &figures, const std::vector<Target> 
                 out += fmt::format(
                     "First attach of {} of private memory (user backend: made shareable): {:.0f} "
                     "ms per GiB; memcpy into fresh memory: {:.0f} ms per GiB (ratio {:.2f})\n",
-                    human_size(figure.size), figure.value.median * 1e3, copy->median * 1e3,
-                    figure.value.median / copy->median);
+                    human_size(figure.size), figure.value.median * 1e3, copy->value.median * 1e3,
+                    figure.value.median / copy->value.median);
 
     out += "\nTargets (ratios from this run)\n";
     for (const Target &goal : goals)
@@ -178,7 +187,8 @@ std::string json(const RunInfo &info, const std::vector<Figure> &figures,
                         {"size", figure.size},
                         {"median", figure.value.median},
                         {"min", figure.value.min},
-                        {"max", figure.value.max}});
+                        {"max", figure.value.max},
+                        {"runs", figure.runs}});
     document["figures"] = list;
     nlohmann::json goal_list = nlohmann::json::array();
     for (const Target &goal : goals)
@@ -202,9 +212,9 @@ void plot(const std::vector<Figure> &figures, const RunInfo &info, const std::st
     for (Mechanism mechanism : kMechanisms) {
         data << "# " << name(mechanism) << "\n";
         for (std::size_t size : sizes_of(figures, "bandwidth"))
-            if (auto stat = find(figures, "bandwidth", name(mechanism), size))
-                data << size << " " << stat->median / 1e9 << " " << stat->min / 1e9 << " "
-                     << stat->max / 1e9 << "\n";
+            if (const Figure *figure = find(figures, "bandwidth", name(mechanism), size))
+                data << size << " " << figure->value.median / 1e9 << " " << figure->value.min / 1e9
+                     << " " << figure->value.max / 1e9 << "\n";
         data << "\n\n";
         lines += fmt::format("{}'{}' index {} using 1:2:3:4 with yerrorlines title '{}'",
                              index ? ", " : "", data_path, index, name(mechanism));
