@@ -10,14 +10,12 @@
 #include "user/user_backend.hpp"
 
 #include <fcntl.h>
-#include <linux/magic.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -381,32 +379,6 @@ void UserBackend::map_sigbus(std::uintptr_t start, std::size_t size, int prot) {
     if (at == MAP_FAILED) throw_last_errno("map hole");
 }
 
-namespace {
-
-// Builds the page tables of a new attachment of shmem (every converted range, memfds,
-// POSIX shm) where the object holds data, so that first touches do not fault page by
-// page: mapping present pages in one call costs what mmap(MAP_POPULATE) does, a fault
-// per page several times that. Holes stay holes (populating them would allocate), and
-// files on disk are left to fault (populating them could mean reading them). Best effort.
-void populate_present(int fd, std::uint64_t offset, std::uintptr_t at, std::size_t length,
-                      bool writable) {
-    struct statfs fs {};
-    if (::fstatfs(fd, &fs) != 0 || fs.f_type != TMPFS_MAGIC) return;
-    auto end = static_cast<off_t>(offset + length);
-    for (auto cursor = static_cast<off_t>(offset); cursor < end;) {
-        off_t data = ::lseek(fd, cursor, SEEK_DATA);
-        if (data < 0 || data >= end) return;
-        off_t hole = std::min(end, ::lseek(fd, data, SEEK_HOLE));
-        if (hole <= data) return;
-        ::madvise(reinterpret_cast<void *>(at + static_cast<std::uintptr_t>(data) - offset),
-                  static_cast<std::size_t>(hole - data),
-                  writable ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
-        cursor = hole;
-    }
-}
-
-}  // namespace
-
 void UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
                              std::span<const UniqueFd> fds, bool read_only, std::size_t limit,
                              std::size_t &mapped) {
@@ -427,8 +399,6 @@ void UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &rep
                 ::mmap(reinterpret_cast<void *>(start), piece.length, prot, MAP_SHARED | MAP_FIXED,
                        fds[piece.fd_index].get(), static_cast<off_t>(piece.file_offset));
             if (got == MAP_FAILED) throw_last_errno("map attachment");
-            populate_present(fds[piece.fd_index].get(), piece.file_offset, start, piece.length,
-                             (prot & PROT_WRITE) != 0);
         }
         mapped += piece.length;
     }
