@@ -37,7 +37,8 @@ run_suite() {  # $1: label, rest: command prefix
 
 failed=0
 FILTER=$(cat /filter)
-[ -x /debug ] && { timeout 900 /debug; echo "guest: debug exit $?"; }
+# shellcheck disable=SC2046 # the arguments are words
+[ -x /debug ] && { timeout 900 /debug $(cat /debug-arguments); echo "guest: debug exit $?"; }
 cd /tmp
 run_suite root env
 chmod 1777 /tmp

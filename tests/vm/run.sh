@@ -8,7 +8,8 @@
 # and prints its relevant part.
 #
 #   tests/vm/run.sh [GTEST_FILTER]
-#   XPMEM_VM_DEBUG=PROGRAM  also copy a static PROGRAM into the guest and run it first
+#   XPMEM_VM_DEBUG="PROGRAM [ARGS]"  also copy a static PROGRAM into the guest and run it
+#                           first (a filter matching no test skips the suite)
 #   XPMEM_VM_WATCHDOG=S     dump blocked tasks and CPU stacks after S seconds (1200)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -70,7 +71,11 @@ for meta in linux-image-amd64 linux-image-6.12-amd64; do
         -exec cp {} "$initramfs/tests/" \;
     cp "$module/xpmem.ko" "$initramfs/"
     cp tests/vm/init.sh "$initramfs/init"
-    [[ -n ${XPMEM_VM_DEBUG:-} ]] && cp "$XPMEM_VM_DEBUG" "$initramfs/debug"  # a program to run first
+    if [[ -n ${XPMEM_VM_DEBUG:-} ]]; then  # a program to run first, with its arguments
+        read -r debug_program debug_arguments <<<"$XPMEM_VM_DEBUG"
+        cp "$debug_program" "$initramfs/debug"
+        echo "${debug_arguments:-}" >"$initramfs/debug-arguments"
+    fi
     echo "$filter" >"$initramfs/filter"
     echo "${XPMEM_VM_WATCHDOG:-1200}" >"$initramfs/watchdog"
     (cd "$initramfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs-$version.cpio.gz"

@@ -93,29 +93,33 @@ void Release(benchmark::State &state) {
     xpmem_remove(segid);
 }
 
-// The range is attached once before timing, so it is already shared.
+// A segment of `size` bytes with a permit, attached once so that the range is already
+// shared when timing starts.
+struct SharedRange {
+    explicit SharedRange(std::size_t bytes) : size(bytes), segid(make(bytes)), apid(get(segid)) {
+        xpmem_detach(attach(apid, size));
+    }
+    ~SharedRange() {
+        xpmem_release(apid);
+        xpmem_remove(segid);
+    }
+    std::size_t size;
+    xpmem_segid_t segid;
+    xpmem_apid_t apid;
+};
+
 void Attach(benchmark::State &state) {
-    auto size = static_cast<std::size_t>(state.range(0));
-    xpmem_segid_t segid = make(size);
-    xpmem_apid_t apid = get(segid);
-    xpmem_detach(attach(apid, size));
+    SharedRange range(static_cast<std::size_t>(state.range(0)));
     time_one(
-        state, [] { return 0; }, [&](int) { return attach(apid, size); },
+        state, [] { return 0; }, [&](int) { return attach(range.apid, range.size); },
         [](void *view) { xpmem_detach(view); });
-    xpmem_release(apid);
-    xpmem_remove(segid);
 }
 
 void Detach(benchmark::State &state) {
-    auto size = static_cast<std::size_t>(state.range(0));
-    xpmem_segid_t segid = make(size);
-    xpmem_apid_t apid = get(segid);
-    xpmem_detach(attach(apid, size));
+    SharedRange range(static_cast<std::size_t>(state.range(0)));
     time_one(
-        state, [&] { return attach(apid, size); }, [](void *view) { return xpmem_detach(view); },
-        [](int) {});
-    xpmem_release(apid);
-    xpmem_remove(segid);
+        state, [&] { return attach(range.apid, range.size); },
+        [](void *view) { return xpmem_detach(view); }, [](int) {});
 }
 
 BENCHMARK(Make)->UseManualTime();
