@@ -513,14 +513,20 @@ std::vector<Figure> run_all(const Settings &settings, std::string &backend) {
         figures.push_back({"pingpong", "xpmem", 8, summarize(attached), attached});
         figures.push_back({"pingpong", "threads", 8, summarize(threads), threads});
         if (attach_size > 0) {
+            // The first attach of the range: where the user backend makes it shareable.
             auto [convert, copy] = receiver.first_attach(attach_size);
-            figures.push_back(
-                {"convert", "first attach", attach_size, {convert, convert, convert}, {convert}});
-            figures.push_back({"convert-memcpy",
-                               "memcpy into fresh memory",
-                               attach_size,
-                               {copy, copy, copy},
-                               {copy}});
+            if (backend == "user") {
+                figures.push_back({"convert",
+                                   "first attach",
+                                   attach_size,
+                                   {convert, convert, convert},
+                                   {convert}});
+                figures.push_back({"convert-memcpy",
+                                   "memcpy into fresh memory",
+                                   attach_size,
+                                   {copy, copy, copy},
+                                   {copy}});
+            }
             for (std::size_t size : settings.attach_sizes) {
                 auto cost = receiver.attach_cost(size);
                 figures.push_back({"attach", "xpmem_attach + touch", size, summarize(cost.attached),
