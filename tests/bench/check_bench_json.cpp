@@ -52,8 +52,8 @@ int main(int argc, char **argv) {
         kinds.insert(figure["kind"]);
         if (figure["kind"] == "bandwidth") mechanisms.insert(figure["mechanism"]);
     }
-    for (const char *kind :
-         {"bandwidth", "latency", "pingpong", "attach", "attach-floor", "attach-populate"})
+    for (const char *kind : {"bandwidth", "latency", "pingpong", "attach", "attach-floor",
+                             "attach-populate", "attach-faults"})
         check(kinds.count(kind) == 1, std::string("figures of kind ") + kind);
     if (run["backend"] == "user")  // only the user backend makes memory shareable
         for (const char *kind : {"convert", "convert-memcpy"})

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -246,22 +247,26 @@ class Receiver {
     // same first touch.
     struct AttachCost {
         std::vector<double> attached, floor, populate_only;
+        std::vector<double> faults;  // page faults taken by this process, per MiB
     };
     AttachCost attach_cost(std::size_t size) {
         AttachCost cost;
-        auto &[attached, floor, populate_only] = cost;
+        auto &[attached, floor, populate_only, faults] = cost;
         double mib = static_cast<double>(size) / kMiB;
         int memfd = memfd_create("xpmem-bench-floor", MFD_CLOEXEC);
         if (memfd < 0 || ftruncate(memfd, static_cast<off_t>(size)) != 0) die("memfd");
         void *warm = mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, memfd, 0);
         munmap(warm, size);  // the pages exist now, as the owner's do
         for (int run = -1; run < settings_.repeats; ++run) {
+            long faults_before = page_faults();
             double start = now_seconds();
             std::byte *view = attach(attach_apid(), 0, size);
             touch(view, size);
             double seconds = now_seconds() - start;
+            long faulted = page_faults() - faults_before;
             xpmem_detach(view);
             if (run >= 0) attached.push_back(seconds / mib);
+            if (run >= 0) faults.push_back(static_cast<double>(faulted) / mib);
 
             // The floor touches every page too: on this kind of machine the TLB misses of
             // the first pass cost more than building the page tables.
@@ -300,6 +305,12 @@ class Receiver {
     }
 
   private:
+    static long page_faults() {
+        rusage usage{};
+        getrusage(RUSAGE_SELF, &usage);
+        return usage.ru_minflt + usage.ru_majflt;
+    }
+
     xpmem_apid_t attach_apid() {
         if (attach_apid_ < 0) attach_apid_ = get(control_.attach_segment);
         return attach_apid_;
@@ -535,6 +546,8 @@ std::vector<Figure> run_all(const Settings &settings, std::string &backend) {
                                    summarize(cost.floor), cost.floor});
                 figures.push_back({"attach-populate", "mmap(MAP_POPULATE)", size,
                                    summarize(cost.populate_only), cost.populate_only});
+                figures.push_back({"attach-faults", "page faults in the attacher", size,
+                                   summarize(cost.faults), cost.faults});
             }
         }
     }

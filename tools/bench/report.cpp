@@ -139,15 +139,16 @@ std::string table(const std::vector<Figure> &figures, const std::vector<Target> 
         out +=
             "\nAttach + first touch of every page (cold), ms per MiB (median); the floor is a\n"
             "memfd of the same size mapped with MAP_POPULATE, touched the same way\n";
-        out += fmt::format("{:>9} {:>14} {:>14} {:>20} | {:>12}\n", "size", "xpmem + touch",
-                           "floor + touch", "floor, no touch", "xpmem/floor");
+        out += fmt::format("{:>9} {:>14} {:>14} {:>20} | {:>12} {:>15}\n", "size", "xpmem + touch",
+                           "floor + touch", "floor, no touch", "xpmem/floor", "faults per MiB");
         for (std::size_t size : attach_sizes) {
             auto a = find(figures, "attach", "xpmem_attach + touch", size);
             auto f = find(figures, "attach-floor", "mmap(MAP_POPULATE) + touch", size);
             auto p = find(figures, "attach-populate", "mmap(MAP_POPULATE)", size);
-            out += fmt::format("{:>9} {:>14.3f} {:>14.3f} {:>20.3f} | {:>12}\n", human_size(size),
-                               a->value.median * 1e3, f->value.median * 1e3, p->value.median * 1e3,
-                               ratio(a, f));
+            auto faults = find(figures, "attach-faults", "page faults in the attacher", size);
+            out += fmt::format("{:>9} {:>14.3f} {:>14.3f} {:>20.3f} | {:>12} {:>15.0f}\n",
+                               human_size(size), a->value.median * 1e3, f->value.median * 1e3,
+                               p->value.median * 1e3, ratio(a, f), faults->value.median);
         }
     }
     for (const Figure &figure : figures)
@@ -176,10 +177,15 @@ std::string json(const RunInfo &info, const std::vector<Figure> &figures,
     document["cpus"] = {info.settings.cpu_sender, info.settings.cpu_receiver};
     document["rotate"] = info.settings.rotate;
     document["repeats"] = info.settings.repeats;
-    document["units"] = {{"bandwidth", "bytes/s"},  {"latency", "s"},
-                         {"pingpong", "s"},         {"attach", "s/MiB"},
-                         {"attach-floor", "s/MiB"}, {"attach-populate", "s/MiB"},
-                         {"convert", "s/GiB"},      {"convert-memcpy", "s/GiB"}};
+    document["units"] = {{"bandwidth", "bytes/s"},
+                         {"latency", "s"},
+                         {"pingpong", "s"},
+                         {"attach", "s/MiB"},
+                         {"attach-floor", "s/MiB"},
+                         {"attach-populate", "s/MiB"},
+                         {"attach-faults", "faults/MiB"},
+                         {"convert", "s/GiB"},
+                         {"convert-memcpy", "s/GiB"}};
     nlohmann::json list = nlohmann::json::array();
     for (const Figure &figure : figures)
         list.push_back({{"kind", figure.kind},
