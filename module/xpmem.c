@@ -1,40 +1,58 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * xpmem.c - cross-process memory through /dev/xpmem, speaking the classic
- * XPMEM ioctl ABI (src/kernel/xpmem_abi.h).
+ * XPMEM ioctl ABI (xpmem_abi.h).
  *
  * A process (a thread group, "tg") opens /dev/xpmem; its state lives as long
- * as that open file, so closing a dup()ed descriptor tears nothing down.
+ * as that open file, so closing a dup()ed descriptor tears nothing down. Only
+ * the thread group and mm that opened the file may use it: a fork child, an
+ * exec()ed image or a process that received the descriptor gets NOPROC.
  *
- * An attachment is a VM_PFNMAP mapping of /dev/xpmem whose file offset encodes
- * the owner's slot and the owner's virtual address:
- *	pgoff = slot << XPMEM_SLOT_SHIFT | owner_address >> PAGE_SHIFT
- * All open files share one address_space (a private pseudo-fs inode), so the
- * attachments of every process hang in one i_mmap tree. Faults look the owner's
- * pages up with get_user_pages_remote() at fault time, several at a time.
- * Each owner has an mmu_interval_notifier over its address space: any change
- * to the owner's mappings, whoever makes it (munmap, mremap, MADV_DONTNEED,
- * COW, THP collapse, migration, exit), zaps the matching file range with
- * unmap_mapping_range(), which reaches every attacher's PTEs without taking
- * any mm's mmap_lock.
+ * Every tg has a pseudo file whose address_space holds the VMAs of every
+ * attachment of its memory, at file offset = owner address. An attachment is a
+ * VM_PFNMAP|VM_IO mapping of that file: faults look the owner's pages up with
+ * get_user_pages_remote() and map up to 16 at a time; no page is held between
+ * faults. Each tg has an mmu_interval_notifier over its address space,
+ * inserted at open (so the mm's first notifier registration, which takes
+ * mm_take_all_locks(), runs before the process can map any attachment). Any
+ * change to the owner's memory, whoever makes it (munmap, mremap,
+ * MADV_DONTNEED, COW, THP collapse, migration, reclaim, exit), zaps the range
+ * in every attacher with unmap_mapping_range() on the owner's address_space.
  *
- * Locking:
- *	xpmem_lock		ids, slots, lists; segment, permit and attachment
- *				state. Never held while an mmap_lock is taken.
- *	owner->notifier_lock	PTE insertion (fault) against invalidation: the
- *				mmu_interval_read_begin()/read_retry() pattern.
- *	Fault: attacher mmap_lock -> owner mmap_lock (dropped) -> notifier_lock.
- *	Invalidate: [owner mmap_lock] -> notifier_lock -> i_mmap_rwsem -> PTL.
- * Zapping an attacher's PTEs invokes that attacher's own notifiers; when the
- * attacher is itself an owner, that nested invalidation only covers
- * attachment VMAs, which nobody maps further, and is skipped (zap markers).
+ * An attachment's VMA can never outlive its right to the owner's memory:
+ * detach, release, segment removal and either side's close mark the
+ * attachment revoked before zapping it, faults check that mark (and that the
+ * owner is alive) under the owner's notifier_lock before mapping, and the VMA
+ * cannot be moved (->mremap refuses), inherited (VM_DONTCOPY, which VM_IO
+ * makes permanent) or mapped by anyone but the attach ioctl.
+ *
+ * Locking, outer to inner:
+ *	xpmem_lock		ids, per-user counts, the lists of segments,
+ *				permits and attachments. Never held while an
+ *				mmap_lock, i_mmap_rwsem or notifier_lock is taken.
+ *	attacher mmap_lock -> owner mmap_lock (trylock only: two processes
+ *		attached to each other, or one attached to itself, must never
+ *		wait for each other's lock)
+ *	attacher mmap_lock -> owner->notifier_lock -> PTL (fault; page tables
+ *		are allocated before notifier_lock, so that reclaim, which can
+ *		call the notifier, never runs under it)
+ *	notifier context -> owner->notifier_lock (sequence only)
+ *	notifier context -> owner->attached_lock (spinlock)
+ * The notifier never zaps in its own context: zapping invalidates the
+ * attachers' mms, a nested mmu notifier invalidation. It hands the zap to
+ * xpmem_zap_wq and waits. A zap's own nested invalidations of attachment
+ * VMAs are skipped (zap markers): no attachment can map an attachment VMA,
+ * GUP refuses VM_PFNMAP.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/cred.h>
 #include <linux/debugfs.h>
+#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/fs_context.h>
+#include <linux/hashtable.h>
+#include <linux/ipc_namespace.h>
 #include <linux/kref.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -42,35 +60,61 @@
 #include <linux/mmu_notifier.h>
 #include <linux/module.h>
 #include <linux/mount.h>
+#include <linux/nsproxy.h>
 #include <linux/pseudo_fs.h>
 #include <linux/sched/mm.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <linux/user_namespace.h>
+#include <linux/workqueue.h>
 #include <linux/xarray.h>
 
 #include "compat.h"
 #include "xpmem_abi.h"
 
-#define XPMEM_VERSION 0x00030001	/* above every classic version */
+#define XPMEM_VERSION 0x00030002	/* above every classic version */
 #define XPMEM_ERRNO_NOPROC 2004
 #define XPMEM_PERMIT_MODE 0x1
 #define XPMEM_RDONLY 0x1
 #define XPMEM_RDWR 0x2
-#define XPMEM_SLOT_SHIFT 35		/* owner addresses below 2^47 */
-#define XPMEM_MAX_ADDRESS (1UL << (XPMEM_SLOT_SHIFT + PAGE_SHIFT))
-#define XPMEM_MAX_SLOTS BIT(16)		/* keeps file offsets below 2^63 */
 #define XPMEM_FAULT_PAGES 16
 #define XPMEM_MAGIC 0x58504d4d
+
+/* What a user may hold at once, over all its processes. */
+enum xpmem_kind { XPMEM_SEGMENTS, XPMEM_PERMITS, XPMEM_ATTACHMENTS, XPMEM_KINDS };
+
+static unsigned int max_per_user[XPMEM_KINDS] = { 1U << 16, 1U << 18, 1U << 20 };
+module_param_named(max_segments_per_user, max_per_user[XPMEM_SEGMENTS], uint, 0644);
+MODULE_PARM_DESC(max_segments_per_user, "segments one user may have made at once");
+module_param_named(max_permits_per_user, max_per_user[XPMEM_PERMITS], uint, 0644);
+MODULE_PARM_DESC(max_permits_per_user, "permits one user may hold at once");
+module_param_named(max_attachments_per_user, max_per_user[XPMEM_ATTACHMENTS], uint, 0644);
+MODULE_PARM_DESC(max_attachments_per_user, "attachments one user may hold at once");
+
+/* Pages mapped per fault; 1 behaves like the classic module (for comparisons). */
+static unsigned int fault_pages = XPMEM_FAULT_PAGES;
+module_param(fault_pages, uint, 0644);
+MODULE_PARM_DESC(fault_pages, "pages mapped per attachment fault (1-16)");
+
+struct xpmem_user {
+	struct hlist_node node;		/* xpmem_users */
+	kuid_t uid;
+	unsigned int count[XPMEM_KINDS];
+};
 
 struct xpmem_tg {
 	struct kref kref;
 	pid_t tgid;
 	struct mm_struct *mm;		/* mmgrab()ed */
-	u32 slot;			/* 0 until it makes a segment */
+	struct file *file;		/* its address_space maps the attachments */
 	struct mmu_interval_notifier notifier;
 	struct mutex notifier_lock;	/* faults against invalidations */
+	bool dead;			/* closed: under notifier_lock */
+	spinlock_t attached_lock;
+	struct list_head attached;	/* attachments that may map our pages */
+	struct list_head segments;	/* made by us: under xpmem_lock */
+	struct list_head permits;	/* held by us: under xpmem_lock */
 	struct mutex attach_lock;	/* one attach mmap at a time */
 	struct xpmem_attachment *pending;	/* being mapped by attach */
 	struct task_struct *pending_task;
@@ -80,12 +124,15 @@ struct xpmem_segment {
 	struct kref kref;
 	s64 segid;
 	struct xpmem_tg *owner;		/* kref */
+	struct list_head owner_link;	/* owner->segments */
+	struct list_head permits;	/* permit->seg_link */
+	struct xpmem_user *user;	/* charged while in the table */
 	unsigned long vaddr;
 	unsigned long size;
 	umode_t mode;
 	kuid_t uid;
 	kgid_t gid;
-	struct user_namespace *user_ns;	/* get_user_ns() */
+	struct user_namespace *ipc_user_ns;	/* get_user_ns(): CAP_IPC_OWNER */
 	bool removed;
 };
 
@@ -93,41 +140,82 @@ struct xpmem_permit {
 	s64 apid;
 	struct xpmem_segment *seg;	/* kref */
 	struct xpmem_tg *holder;
+	struct list_head holder_link;	/* holder->permits */
+	struct list_head seg_link;	/* seg->permits */
+	struct list_head attachments;	/* attachment->permit_link */
+	struct xpmem_user *user;
 	bool read_only;
 };
 
 struct xpmem_attachment {
-	struct kref kref;		/* the table's, and one per VMA */
-	struct list_head link;		/* xpmem_attachments */
-	struct xpmem_tg *owner;		/* kref: faults use its mm */
-	struct xpmem_tg *holder;	/* not counted: the table entry dies first */
-	s64 segid;
-	s64 apid;
+	struct kref kref;		/* the table's, one per VMA, faults' */
+	struct xpmem_permit *permit;	/* NULL once out of the table */
+	struct list_head permit_link;	/* permit->attachments */
+	struct list_head owner_link;	/* owner->attached */
+	struct xpmem_tg *owner;		/* kref */
+	struct xpmem_user *user;
 	unsigned long owner_start;	/* the owner range it may reach */
 	unsigned long owner_end;
-	unsigned long address;		/* where it was mapped, for detach */
+	unsigned long address;		/* where it was mapped: mmap_lock */
 	unsigned long size;
 	bool read_only;
-	bool revoked;			/* READ_ONCE in faults */
+	bool revoked;			/* set before zapping; READ_ONCE */
 };
-
-/* Pages mapped per fault; 1 behaves like the classic module (for comparisons). */
-static unsigned int fault_pages = XPMEM_FAULT_PAGES;
-module_param(fault_pages, uint, 0644);
-MODULE_PARM_DESC(fault_pages, "pages mapped per attachment fault (1-16)");
 
 static DEFINE_MUTEX(xpmem_lock);
 static DEFINE_XARRAY_ALLOC1(xpmem_segments);
 static DEFINE_XARRAY_ALLOC1(xpmem_permits);
-static DEFINE_XARRAY_ALLOC1(xpmem_slots);
-static LIST_HEAD(xpmem_attachments);
+static u32 xpmem_next_segid, xpmem_next_apid;
+static DEFINE_HASHTABLE(xpmem_users, 6);
 static struct vfsmount *xpmem_mnt;
-static struct inode *xpmem_inode;
 static struct dentry *xpmem_debugfs;
+static struct workqueue_struct *xpmem_zap_wq;
+static const struct vm_operations_struct xpmem_vm_ops;
 
 /* Live objects, for leak checks (debugfs xpmem/counters). */
 static atomic_t xpmem_nr_tgs, xpmem_nr_segments, xpmem_nr_permits,
 	xpmem_nr_attachments, xpmem_nr_vmas;
+
+/* ---- per-user limits (under xpmem_lock) ---------------------------------- */
+
+static struct xpmem_user *xpmem_user_charge(enum xpmem_kind kind)
+{
+	kuid_t uid = current_euid();
+	struct xpmem_user *user;
+
+	hash_for_each_possible(xpmem_users, user, node, __kuid_val(uid)) {
+		if (uid_eq(user->uid, uid))
+			goto found;
+	}
+	user = kzalloc(sizeof(*user), GFP_KERNEL_ACCOUNT);
+	if (!user)
+		return ERR_PTR(-ENOMEM);
+	user->uid = uid;
+	hash_add(xpmem_users, &user->node, __kuid_val(uid));
+found:
+	if (user->count[kind] >= READ_ONCE(max_per_user[kind])) {
+		if (!user->count[XPMEM_SEGMENTS] && !user->count[XPMEM_PERMITS] &&
+		    !user->count[XPMEM_ATTACHMENTS]) {
+			hash_del(&user->node);
+			kfree(user);
+		}
+		return ERR_PTR(-ENOSPC);
+	}
+	user->count[kind]++;
+	return user;
+}
+
+static void xpmem_user_uncharge(struct xpmem_user *user, enum xpmem_kind kind)
+{
+	user->count[kind]--;
+	if (!user->count[XPMEM_SEGMENTS] && !user->count[XPMEM_PERMITS] &&
+	    !user->count[XPMEM_ATTACHMENTS]) {
+		hash_del(&user->node);
+		kfree(user);
+	}
+}
+
+/* ---- zapping attachers' PTEs ---------------------------------------------- */
 
 /* Tasks inside unmap_mapping_range() on our behalf (see the top comment). */
 struct xpmem_zap_marker {
@@ -150,47 +238,68 @@ static bool xpmem_current_is_zapping(void)
 	return found;
 }
 
-static loff_t xpmem_file_offset(u32 slot, unsigned long address)
-{
-	return ((loff_t)slot << (XPMEM_SLOT_SHIFT + PAGE_SHIFT)) | address;
-}
-
-/* Zaps every attacher's PTEs for [start, end) of the owner in @slot. */
-static void xpmem_zap(u32 slot, unsigned long start, unsigned long end)
+/* Zaps every attacher's PTEs for [start, end) of @owner. */
+static void xpmem_zap(struct xpmem_tg *owner, unsigned long start, unsigned long end)
 {
 	struct xpmem_zap_marker marker = { .task = current };
 
-	end = min(end, XPMEM_MAX_ADDRESS);
 	if (start >= end)
 		return;
 	spin_lock(&xpmem_zappers_lock);
 	list_add(&marker.link, &xpmem_zappers);
 	spin_unlock(&xpmem_zappers_lock);
-	unmap_mapping_range(xpmem_inode->i_mapping, xpmem_file_offset(slot, start),
-			    end - start, 1);
+	unmap_mapping_range(owner->file->f_mapping, start, end - start, 1);
 	spin_lock(&xpmem_zappers_lock);
 	list_del(&marker.link);
 	spin_unlock(&xpmem_zappers_lock);
 }
 
+struct xpmem_zap_work {
+	struct work_struct work;
+	struct completion done;
+	struct xpmem_tg *owner;
+	unsigned long start, end;
+};
+
+static void xpmem_zap_work_fn(struct work_struct *work)
+{
+	struct xpmem_zap_work *zap = container_of(work, struct xpmem_zap_work, work);
+
+	xpmem_zap(zap->owner, zap->start, zap->end);
+	complete(&zap->done);	/* last touch: the waiter's stack holds @zap */
+}
+
+/* xpmem_zap() for the notifier, which must not invalidate in its own context. */
+static void xpmem_zap_from_notifier(struct xpmem_tg *owner, unsigned long start,
+				    unsigned long end)
+{
+	struct xpmem_zap_work zap = { .owner = owner, .start = start, .end = end };
+
+	INIT_WORK_ONSTACK(&zap.work, xpmem_zap_work_fn);
+	init_completion(&zap.done);
+	queue_work(xpmem_zap_wq, &zap.work);
+	wait_for_completion(&zap.done);
+	destroy_work_on_stack(&zap.work);
+}
+
 /*
- * Zaps after a revocation. Under the owner's notifier_lock, so that a fault
- * that saw the attachment live cannot insert a PTE after this zap.
+ * Orders revocations against faults: a fault that checked an attachment
+ * before it was marked revoked has mapped its pages once this returns, and
+ * every later fault sees the mark. The caller zaps afterwards.
  */
-static void xpmem_revoke_zap(struct xpmem_tg *owner, unsigned long start,
-			     unsigned long end)
+static void xpmem_fault_barrier(struct xpmem_tg *owner)
 {
 	mutex_lock(&owner->notifier_lock);
-	xpmem_zap(owner->slot, start, end);
 	mutex_unlock(&owner->notifier_lock);
 }
 
-/* ---- thread groups ---------------------------------------------------- */
+/* ---- thread groups ------------------------------------------------------- */
 
 static void xpmem_tg_free(struct kref *kref)
 {
 	struct xpmem_tg *tg = container_of(kref, struct xpmem_tg, kref);
 
+	fput(tg->file);
 	mmdrop(tg->mm);
 	kfree(tg);
 	atomic_dec(&xpmem_nr_tgs);
@@ -201,24 +310,48 @@ static void xpmem_tg_put(struct xpmem_tg *tg)
 	kref_put(&tg->kref, xpmem_tg_free);
 }
 
+static bool xpmem_attached_overlaps(struct xpmem_tg *owner, unsigned long start,
+				    unsigned long end)
+{
+	struct xpmem_attachment *att;
+	bool overlaps = false;
+
+	spin_lock(&owner->attached_lock);
+	list_for_each_entry(att, &owner->attached, owner_link) {
+		if (att->owner_start < end && start < att->owner_end) {
+			overlaps = true;
+			break;
+		}
+	}
+	spin_unlock(&owner->attached_lock);
+	return overlaps;
+}
+
 static bool xpmem_invalidate(struct mmu_interval_notifier *notifier,
 			     const struct mmu_notifier_range *range,
 			     unsigned long cur_seq)
 {
 	struct xpmem_tg *owner = container_of(notifier, struct xpmem_tg, notifier);
+	bool blockable = mmu_notifier_range_blockable(range);
 
-	/*
-	 * Nested in one of our own zaps: the range is attachment VMAs, which no
-	 * fault can look up, and our caller may hold this notifier_lock.
-	 */
 	if (xpmem_current_is_zapping())
 		return true;
-	if (!mmu_notifier_range_blockable(range))
+	/*
+	 * Always advance the sequence, even with nothing attached yet: an
+	 * attachment made during this invalidation must not fault in a page
+	 * the owner is about to drop.
+	 */
+	if (blockable)
+		mutex_lock(&owner->notifier_lock);
+	else if (!mutex_trylock(&owner->notifier_lock))
 		return false;
-	mutex_lock(&owner->notifier_lock);
 	mmu_interval_set_seq(notifier, cur_seq);
-	xpmem_zap(owner->slot, range->start, range->end);
 	mutex_unlock(&owner->notifier_lock);
+	if (!xpmem_attached_overlaps(owner, range->start, range->end))
+		return true;
+	if (!blockable)
+		return false;
+	xpmem_zap_from_notifier(owner, range->start, min(range->end, TASK_SIZE_MAX));
 	return true;
 }
 
@@ -226,70 +359,145 @@ static const struct mmu_interval_notifier_ops xpmem_notifier_ops = {
 	.invalidate = xpmem_invalidate,
 };
 
-/* Gives the calling owner a slot and a notifier, once. Under xpmem_lock. */
-static int xpmem_become_owner(struct xpmem_tg *tg)
-{
-	u32 slot;
-	int ret;
-
-	if (tg->slot)
-		return 0;
-	ret = xa_alloc(&xpmem_slots, &slot, tg, XA_LIMIT(1, XPMEM_MAX_SLOTS - 1),
-		       GFP_KERNEL);
-	if (ret)
-		return ret == -EBUSY ? -ENOSPC : ret;
-	ret = mmu_interval_notifier_insert(&tg->notifier, tg->mm, 0, XPMEM_MAX_ADDRESS,
-					   &xpmem_notifier_ops);
-	if (ret) {
-		xa_erase(&xpmem_slots, slot);
-		return ret;
-	}
-	tg->slot = slot;
-	return 0;
-}
-
-/* ---- segments and permits ----------------------------------------------- */
+/* ---- segments, permits, attachments: table side ------------------------- */
 
 static void xpmem_segment_free(struct kref *kref)
 {
 	struct xpmem_segment *seg = container_of(kref, struct xpmem_segment, kref);
 
-	put_user_ns(seg->user_ns);
+	put_user_ns(seg->ipc_user_ns);
 	xpmem_tg_put(seg->owner);
 	kfree(seg);
 	atomic_dec(&xpmem_nr_segments);
 }
 
-/* Every attachment of @segid faults SIGBUS from now on. Under xpmem_lock. */
-static void xpmem_revoke_attachments(s64 segid, bool by_permit, s64 apid)
+static void xpmem_segment_put(struct xpmem_segment *seg)
 {
+	kref_put(&seg->kref, xpmem_segment_free);
+}
+
+static void xpmem_attachment_free(struct kref *kref)
+{
+	struct xpmem_attachment *att = container_of(kref, struct xpmem_attachment, kref);
+
+	xpmem_tg_put(att->owner);
+	kfree(att);
+	atomic_dec(&xpmem_nr_attachments);
+}
+
+static void xpmem_attachment_put(struct xpmem_attachment *att)
+{
+	kref_put(&att->kref, xpmem_attachment_free);
+}
+
+/*
+ * Takes @att out of the table: from now on it only faults SIGBUS. Under
+ * xpmem_lock. The caller then runs xpmem_fault_barrier() and zaps, then
+ * xpmem_forget_attachment().
+ */
+static void xpmem_take_attachment(struct xpmem_attachment *att)
+{
+	WRITE_ONCE(att->revoked, true);
+	list_del_init(&att->permit_link);
+	att->permit = NULL;
+	xpmem_user_uncharge(att->user, XPMEM_ATTACHMENTS);
+}
+
+/* The last step of taking @att out: it no longer needs invalidations. */
+static void xpmem_forget_attachment(struct xpmem_attachment *att)
+{
+	struct xpmem_tg *owner = att->owner;
+
+	spin_lock(&owner->attached_lock);
+	list_del_init(&att->owner_link);
+	spin_unlock(&owner->attached_lock);
+	xpmem_attachment_put(att);	/* the table's */
+}
+
+/* Marks every attachment of @seg revoked. Under xpmem_lock. */
+static void xpmem_segment_remove(struct xpmem_segment *seg)
+{
+	struct xpmem_permit *permit;
 	struct xpmem_attachment *att;
 
-	list_for_each_entry(att, &xpmem_attachments, link) {
-		if (by_permit ? att->apid != apid : att->segid != segid)
-			continue;
-		WRITE_ONCE(att->revoked, true);
+	seg->removed = true;
+	xa_erase(&xpmem_segments, seg->segid);
+	list_del_init(&seg->owner_link);
+	xpmem_user_uncharge(seg->user, XPMEM_SEGMENTS);
+	list_for_each_entry(permit, &seg->permits, seg_link)
+		list_for_each_entry(att, &permit->attachments, permit_link)
+			WRITE_ONCE(att->revoked, true);
+}
+
+/* Takes @permit and its attachments (onto @taken) out of the table. Under xpmem_lock. */
+static void xpmem_permit_take(struct xpmem_permit *permit, struct list_head *taken)
+{
+	struct xpmem_attachment *att, *next;
+
+	xa_erase(&xpmem_permits, permit->apid);
+	list_del(&permit->holder_link);
+	list_del(&permit->seg_link);
+	xpmem_user_uncharge(permit->user, XPMEM_PERMITS);
+	list_for_each_entry_safe(att, next, &permit->attachments, permit_link) {
+		xpmem_take_attachment(att);
+		list_add(&att->permit_link, taken);
 	}
 }
 
-static void xpmem_segment_remove(struct xpmem_segment *seg)
+/* Unmaps every VMA of @att left in its range of the caller's address space. */
+static int xpmem_unmap_attachment(struct xpmem_attachment *att)
 {
-	seg->removed = true;
-	xa_erase(&xpmem_segments, seg->segid);
-	xpmem_revoke_attachments(seg->segid, false, 0);
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	unsigned long start, end;
+	int ret;
+
+	for (;;) {
+		start = 0;
+		end = 0;
+		mmap_read_lock(mm);
+		for (vma = find_vma(mm, att->address);
+		     vma && vma->vm_start < att->address + att->size;
+		     vma = find_vma(mm, vma->vm_end)) {
+			if (vma->vm_ops == &xpmem_vm_ops && vma->vm_private_data == att) {
+				start = vma->vm_start;
+				end = vma->vm_end;
+				break;
+			}
+		}
+		mmap_read_unlock(mm);
+		if (!end)
+			return 0;
+		ret = vm_munmap(start, end - start);
+		if (ret)
+			return ret;	/* revoked anyway: what is left faults SIGBUS */
+	}
 }
 
-/* Under xpmem_lock: the caller zaps and puts outside it. */
-static void xpmem_permit_release(struct xpmem_permit *permit)
+/*
+ * Finishes a release: the attachments on @taken are revoked; zaps them and,
+ * when they are in the caller's address space, unmaps them.
+ */
+static void xpmem_permit_finish(struct xpmem_permit *permit, struct list_head *taken,
+				bool unmap)
 {
-	xa_erase(&xpmem_permits, permit->apid);
-	xpmem_revoke_attachments(0, true, permit->apid);
-	kref_put(&permit->seg->kref, xpmem_segment_free);
+	struct xpmem_segment *seg = permit->seg;
+	struct xpmem_attachment *att, *next;
+
+	xpmem_fault_barrier(seg->owner);
+	xpmem_zap(seg->owner, seg->vaddr, seg->vaddr + seg->size);
+	list_for_each_entry_safe(att, next, taken, permit_link) {
+		list_del_init(&att->permit_link);
+		if (unmap)
+			xpmem_unmap_attachment(att);
+		xpmem_forget_attachment(att);
+	}
+	xpmem_segment_put(seg);
 	kfree(permit);
 	atomic_dec(&xpmem_nr_permits);
 }
 
-/* System V IPC rules: spec section 1. */
+/* System V IPC rules, with CAP_IPC_OWNER where the owner's IPC namespace lives. */
 static bool xpmem_permitted(struct xpmem_segment *seg, bool read_only)
 {
 	const struct cred *cred = current_cred();
@@ -303,20 +511,10 @@ static bool xpmem_permitted(struct xpmem_segment *seg, bool read_only)
 		granted = seg->mode;
 	if ((granted & wanted) == wanted)
 		return true;
-	return ns_capable(seg->user_ns, CAP_IPC_OWNER);
+	return ns_capable(seg->ipc_user_ns, CAP_IPC_OWNER);
 }
 
-/* ---- attachments -------------------------------------------------------- */
-
-static void xpmem_attachment_free(struct kref *kref)
-{
-	struct xpmem_attachment *att = container_of(kref, struct xpmem_attachment, kref);
-
-	if (att->owner)
-		xpmem_tg_put(att->owner);
-	kfree(att);
-	atomic_dec(&xpmem_nr_attachments);
-}
+/* ---- faults -------------------------------------------------------------- */
 
 static void xpmem_vma_open(struct vm_area_struct *vma)
 {
@@ -331,91 +529,101 @@ static void xpmem_vma_close(struct vm_area_struct *vma)
 	struct xpmem_attachment *att = vma->vm_private_data;
 
 	atomic_dec(&xpmem_nr_vmas);
-	kref_put(&att->kref, xpmem_attachment_free);
+	xpmem_attachment_put(att);
 }
 
-/*
- * Locks the owner's mmap_lock for reading. Two processes attached to each
- * other could otherwise deadlock on each other's mmap_lock behind waiting
- * writers, so on contention the fault is retried without holding ours.
- */
-static bool xpmem_lock_owner_mm(struct vm_fault *vmf, struct mm_struct *mm, bool may_retry)
+/* Attachments stay where they were mapped: detach finds them by address. */
+static int xpmem_vma_mremap(struct vm_area_struct *vma)
 {
-	if (mmap_read_trylock(mm))
-		return true;
-	if (may_retry && (vmf->flags & FAULT_FLAG_ALLOW_RETRY) &&
-	    !(vmf->flags & FAULT_FLAG_RETRY_NOWAIT)) {
-		xpmem_release_fault_lock(vmf);
-		mmap_read_lock(mm);	/* wait for the owner, then retry */
+	return -EINVAL;
+}
+
+enum xpmem_owner_lock { XPMEM_OWNER_LOCKED, XPMEM_OWNER_SELF, XPMEM_OWNER_BUSY };
+
+/*
+ * The owner's mmap_lock for get_user_pages_remote(). Never waited for while
+ * the attacher's is held: the same lock when a process attached its own
+ * memory, an ABBA between two processes attached to each other.
+ */
+static enum xpmem_owner_lock xpmem_lock_owner_mm(struct vm_fault *vmf, struct mm_struct *mm)
+{
+	if (mm == vmf->vma->vm_mm)
+		return XPMEM_OWNER_SELF;	/* the fault holds it */
+	return mmap_read_trylock(mm) ? XPMEM_OWNER_LOCKED : XPMEM_OWNER_BUSY;
+}
+
+/* What a fault returns when the owner's mmap_lock is taken. */
+static vm_fault_t xpmem_owner_busy(struct vm_fault *vmf, struct mm_struct *mm)
+{
+	if (!(vmf->flags & FAULT_FLAG_ALLOW_RETRY))
+		return VM_FAULT_NOPAGE;		/* the caller retries the access */
+	if (vmf->flags & FAULT_FLAG_RETRY_NOWAIT)
+		return VM_FAULT_RETRY;
+	xpmem_release_fault_lock(vmf);
+	if (!mmap_read_lock_killable(mm))	/* wait for the owner, then retry */
 		mmap_read_unlock(mm);
-		return false;
-	}
-	mmap_read_lock(mm);
-	return true;
+	return VM_FAULT_RETRY;
 }
 
 /*
- * Maps the owner's pages from the faulting address on, writable if @write.
- * @may_retry: the caller can take VM_FAULT_RETRY (->fault can, ->pfn_mkwrite
- * cannot).
+ * Looks up @nr owner pages from @address. Returns how many, or a negative
+ * VM_FAULT code (as -code): SIGSEGV where a write meets memory the owner maps
+ * read-only, SIGBUS where nothing is mapped.
  */
-static vm_fault_t xpmem_map(struct vm_fault *vmf, bool write, bool may_retry)
+static long xpmem_get_owner_pages(struct mm_struct *mm, unsigned long address,
+				  unsigned long nr, bool write, struct page **pages)
+{
+	long got = xpmem_gup_remote(mm, address, nr, write ? FOLL_WRITE : 0, pages);
+
+	if (got > 0)
+		return got;
+	if (write && xpmem_gup_remote(mm, address, 1, 0, pages) == 1) {
+		put_page(pages[0]);	/* readable only: never writable through us */
+		return -(long)VM_FAULT_SIGSEGV;
+	}
+	return -(long)VM_FAULT_SIGBUS;
+}
+
+static void xpmem_put_pages(struct page **pages, long nr)
+{
+	while (nr > 0)
+		put_page(pages[--nr]);
+}
+
+static int xpmem_no_pte_change(pte_t *pte, unsigned long address, void *data)
+{
+	return 0;
+}
+
+/* Whether a fault that began at @seq may map @att's pages. Under notifier_lock. */
+static bool xpmem_may_map(struct xpmem_attachment *att, unsigned long seq)
+{
+	return !mmu_interval_read_retry(&att->owner->notifier, seq) &&
+	       !READ_ONCE(att->revoked) && !att->owner->dead;
+}
+
+/* The owner address a fault at @vmf reaches; false if it may reach none. */
+static bool xpmem_fault_target(struct vm_fault *vmf, unsigned long *address)
+{
+	struct xpmem_attachment *att = vmf->vma->vm_private_data;
+
+	*address = vmf->pgoff << PAGE_SHIFT;
+	return !READ_ONCE(att->revoked) && *address >= att->owner_start &&
+	       *address < att->owner_end;
+}
+
+/* Maps @got owner pages at the fault address; the caller checked xpmem_may_map(). */
+static vm_fault_t xpmem_insert(struct vm_fault *vmf, struct page **pages, long got, bool write)
 {
 	struct vm_area_struct *vma = vmf->vma;
-	struct xpmem_attachment *att = vma->vm_private_data;
-	struct xpmem_tg *owner = att->owner;
-	struct page *pages[XPMEM_FAULT_PAGES];
-	unsigned long address, nr, seq, i;
-	unsigned int noreclaim;
 	vm_fault_t ret = VM_FAULT_NOPAGE;
-	pgprot_t prot;
-	long got;
-
-	address = (vmf->pgoff & ((1UL << XPMEM_SLOT_SHIFT) - 1)) << PAGE_SHIFT;
-	if (READ_ONCE(att->revoked) || address < att->owner_start ||
-	    address >= att->owner_end)
-		return VM_FAULT_SIGBUS;
-	nr = min3((unsigned long)clamp_val(READ_ONCE(fault_pages), 1, XPMEM_FAULT_PAGES),
-		  (vma->vm_end - vmf->address) >> PAGE_SHIFT,
-		  (att->owner_end - address) >> PAGE_SHIFT);
 	/*
-	 * A read maps read-only: a later write faults again and breaks COW. Not
+	 * A read maps read-only: a later write breaks COW first. Not
 	 * vma->vm_page_prot: having pfn_mkwrite makes it write-protected.
 	 */
-	prot = vm_get_page_prot(write ? vma->vm_flags : vma->vm_flags & ~VM_WRITE);
-	if (!mmget_not_zero(owner->mm))
-		return VM_FAULT_SIGBUS;
-again:
-	seq = mmu_interval_read_begin(&owner->notifier);
-	if (!xpmem_lock_owner_mm(vmf, owner->mm, may_retry)) {
-		mmput(owner->mm);
-		return VM_FAULT_RETRY;
-	}
-	got = xpmem_gup_remote(owner->mm, address, nr, write ? FOLL_WRITE : 0, pages);
-	if (got <= 0 && write && xpmem_gup_remote(owner->mm, address, 1, 0, pages) == 1) {
-		/* The owner maps it read-only: never writable through us either. */
-		put_page(pages[0]);
-		ret = VM_FAULT_SIGSEGV;
-	}
-	mmap_read_unlock(owner->mm);
-	if (got <= 0) {
-		mmput(owner->mm);
-		return ret == VM_FAULT_SIGSEGV ? ret : VM_FAULT_SIGBUS;	/* or a hole */
-	}
-	mutex_lock(&owner->notifier_lock);
-	if (mmu_interval_read_retry(&owner->notifier, seq) || READ_ONCE(att->revoked)) {
-		bool revoked = READ_ONCE(att->revoked);
+	pgprot_t prot = vm_get_page_prot(write ? vma->vm_flags : vma->vm_flags & ~VM_WRITE);
+	long i;
 
-		mutex_unlock(&owner->notifier_lock);
-		for (i = 0; i < got; i++)
-			put_page(pages[i]);
-		if (!revoked)
-			goto again;
-		mmput(owner->mm);
-		return VM_FAULT_SIGBUS;
-	}
-	/* Page-table allocation must not recurse into reclaim and our notifier. */
-	noreclaim = memalloc_noreclaim_save();
 	for (i = 0; i < got; i++) {
 		vm_fault_t one = vmf_insert_pfn_prot(vma, vmf->address + i * PAGE_SIZE,
 						     page_to_pfn(pages[i]), prot);
@@ -425,39 +633,145 @@ again:
 			break;
 		}
 	}
-	memalloc_noreclaim_restore(noreclaim);
-	mutex_unlock(&owner->notifier_lock);
-	for (i = 0; i < got; i++)
-		put_page(pages[i]);
-	mmput(owner->mm);
 	return ret;
+}
+
+static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
+			    unsigned long address)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct xpmem_attachment *att = vma->vm_private_data;
+	struct mm_struct *mm = owner->mm;
+	bool write = vmf->flags & FAULT_FLAG_WRITE;
+	struct page *pages[XPMEM_FAULT_PAGES];
+	enum xpmem_owner_lock lock;
+	unsigned long nr, seq;
+	vm_fault_t ret;
+	long got;
+
+	nr = min3((unsigned long)clamp_val(READ_ONCE(fault_pages), 1, XPMEM_FAULT_PAGES),
+		  (vma->vm_end - vmf->address) >> PAGE_SHIFT,
+		  (att->owner_end - address) >> PAGE_SHIFT);
+	seq = mmu_interval_read_begin(&owner->notifier);
+	lock = xpmem_lock_owner_mm(vmf, mm);
+	if (lock == XPMEM_OWNER_BUSY)
+		return xpmem_owner_busy(vmf, mm);	/* @att may be gone after this */
+	got = xpmem_get_owner_pages(mm, address, nr, write, pages);
+	if (lock == XPMEM_OWNER_LOCKED)
+		mmap_read_unlock(mm);
+	if (got < 0)
+		return (vm_fault_t)-got;
+	/* Page tables now: allocating under notifier_lock could recurse into it via reclaim. */
+	if (apply_to_page_range(vma->vm_mm, vmf->address, got << PAGE_SHIFT,
+				xpmem_no_pte_change, NULL)) {
+		xpmem_put_pages(pages, got);
+		return VM_FAULT_OOM;
+	}
+	mutex_lock(&owner->notifier_lock);
+	/* Otherwise the CPU retries the access and faults afresh (SIGBUS once revoked). */
+	ret = xpmem_may_map(att, seq) ? xpmem_insert(vmf, pages, got, write) : VM_FAULT_NOPAGE;
+	mutex_unlock(&owner->notifier_lock);
+	xpmem_put_pages(pages, got);
+	return ret;
+}
+
+/* Pins the owner of the faulting attachment: the fault may drop the VMA's lock. */
+static struct xpmem_tg *xpmem_fault_owner(struct vm_fault *vmf)
+{
+	struct xpmem_attachment *att = vmf->vma->vm_private_data;
+	struct xpmem_tg *owner = att->owner;
+
+	if (!mmget_not_zero(owner->mm))
+		return NULL;
+	kref_get(&owner->kref);
+	return owner;
+}
+
+/* Unpins; mmput_async: the owner's last mmput must not run inside our fault. */
+static void xpmem_fault_owner_put(struct xpmem_tg *owner)
+{
+	mmput_async(owner->mm);
+	xpmem_tg_put(owner);
 }
 
 static vm_fault_t xpmem_fault(struct vm_fault *vmf)
 {
+	unsigned long address;
+	struct xpmem_tg *owner;
+	vm_fault_t ret;
+
 	if (xpmem_fault_needs_mmap_lock(vmf))
 		return VM_FAULT_RETRY;
-	return xpmem_map(vmf, vmf->flags & FAULT_FLAG_WRITE, true);
+	if (!xpmem_fault_target(vmf, &address))
+		return VM_FAULT_SIGBUS;
+	owner = xpmem_fault_owner(vmf);
+	if (!owner)
+		return VM_FAULT_SIGBUS;
+	ret = xpmem_map(vmf, owner, address);
+	xpmem_fault_owner_put(owner);
+	return ret;
 }
 
 /*
- * A write to a page mapped read-only: map it for writing right here. Only
- * dropping the PTE is not enough: a CPU that retries a read-modify-write
- * instruction load first (QEMU's TCG does) would read-fault it back in
- * read-only, forever.
+ * A write to a page mapped read-only (after a read fault, or an mprotect()
+ * round trip). If the owner's page there is writable and still the one
+ * mapped, let the kernel make the PTE writable. Never waits for the owner's
+ * mmap_lock: this path cannot drop the attacher's.
  */
 static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 {
-	zap_vma_ptes(vmf->vma, vmf->address & PAGE_MASK, PAGE_SIZE);
-	return xpmem_map(vmf, true, false);
+	struct xpmem_attachment *att = vmf->vma->vm_private_data;
+	enum xpmem_owner_lock lock;
+	unsigned long address, seq;
+	struct xpmem_tg *owner;
+	struct page *page;
+	vm_fault_t ret;
+	long got;
+
+	if (!xpmem_fault_target(vmf, &address))
+		return VM_FAULT_SIGBUS;
+	owner = xpmem_fault_owner(vmf);
+	if (!owner)
+		return VM_FAULT_SIGBUS;
+	seq = mmu_interval_read_begin(&owner->notifier);
+	lock = xpmem_lock_owner_mm(vmf, owner->mm);
+	if (lock == XPMEM_OWNER_BUSY) {
+		ret = VM_FAULT_NOPAGE;		/* the CPU retries the store */
+		goto out;
+	}
+	got = xpmem_get_owner_pages(owner->mm, address, 1, true, &page);
+	if (lock == XPMEM_OWNER_LOCKED)
+		mmap_read_unlock(owner->mm);
+	if (got < 0) {
+		ret = (vm_fault_t)-got;
+		goto out;
+	}
+	mutex_lock(&owner->notifier_lock);
+	ret = xpmem_may_map(att, seq) && page_to_pfn(page) == pte_pfn(vmf->orig_pte) ?
+		0 : VM_FAULT_NOPAGE;
+	mutex_unlock(&owner->notifier_lock);
+	put_page(page);
+	/* A different page: an invalidation is zapping ours; make sure, then refault. */
+	if (ret == VM_FAULT_NOPAGE)
+		zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
+out:
+	xpmem_fault_owner_put(owner);
+	return ret;
 }
 
 static const struct vm_operations_struct xpmem_vm_ops = {
 	.open = xpmem_vma_open,
 	.close = xpmem_vma_close,
+	.mremap = xpmem_vma_mremap,
 	.fault = xpmem_fault,
 	.pfn_mkwrite = xpmem_pfn_mkwrite,
 };
+
+/* Whether @tg's file is used by the process that opened it. */
+static bool xpmem_is_opener(struct xpmem_tg *tg)
+{
+	return current->tgid == tg->tgid && current->mm == tg->mm;
+}
 
 /* Only mappings made by the attach ioctl, in the thread making them. */
 static int xpmem_mmap(struct file *file, struct vm_area_struct *vma)
@@ -465,25 +779,29 @@ static int xpmem_mmap(struct file *file, struct vm_area_struct *vma)
 	struct xpmem_tg *tg = file->private_data;
 	struct xpmem_attachment *att = tg->pending;
 
-	if (!att || tg->pending_task != current)
+	if (!att || tg->pending_task != current || !xpmem_is_opener(tg))
 		return -EINVAL;
+	/* Into the owner's address_space: its invalidations find this VMA. */
+	vma_set_file(vma, att->owner->file);
 	vma->vm_ops = &xpmem_vm_ops;
 	vma->vm_private_data = att;
-	xpmem_vm_flags_set(vma, VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP | VM_DONTCOPY);
+	xpmem_vm_flags_set(vma, VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP |
+			   VM_DONTCOPY);
 	if (att->read_only)
 		xpmem_vm_flags_clear(vma, VM_MAYWRITE);
+	att->address = vma->vm_start;
+	att->size = vma->vm_end - vma->vm_start;
 	xpmem_vma_open(vma);
 	return 0;
 }
 
-/* ---- ioctls ------------------------------------------------------------- */
-
-static long xpmem_detach_all(struct xpmem_tg *tg, s64 apid);
+/* ---- ioctls -------------------------------------------------------------- */
 
 static long xpmem_make(struct xpmem_tg *tg, struct xpmem_cmd_make __user *arg)
 {
 	struct xpmem_cmd_make cmd;
 	struct xpmem_segment *seg;
+	s64 segid = 0;
 	u32 id;
 	int ret;
 
@@ -496,32 +814,51 @@ static long xpmem_make(struct xpmem_tg *tg, struct xpmem_cmd_make __user *arg)
 	if (!PAGE_ALIGNED(cmd.vaddr) || !PAGE_ALIGNED(cmd.size) || !cmd.size ||
 	    cmd.vaddr >= TASK_SIZE || cmd.size > TASK_SIZE - cmd.vaddr)
 		return -EINVAL;
-	seg = kzalloc(sizeof(*seg), GFP_KERNEL);
+	seg = kzalloc(sizeof(*seg), GFP_KERNEL_ACCOUNT);
 	if (!seg)
 		return -ENOMEM;
 	kref_init(&seg->kref);
+	INIT_LIST_HEAD(&seg->owner_link);
+	INIT_LIST_HEAD(&seg->permits);
 	seg->vaddr = cmd.vaddr;
 	seg->size = cmd.size;
 	seg->mode = cmd.permit_value;
 	seg->uid = current_euid();
 	seg->gid = current_egid();
-	seg->user_ns = get_user_ns(current_user_ns());
+	seg->ipc_user_ns = get_user_ns(current->nsproxy->ipc_ns->user_ns);
 	kref_get(&tg->kref);
 	seg->owner = tg;
 	atomic_inc(&xpmem_nr_segments);
 
 	mutex_lock(&xpmem_lock);
-	ret = xpmem_become_owner(tg);
-	if (!ret)
-		ret = xa_alloc(&xpmem_segments, &id, seg, xa_limit_31b, GFP_KERNEL);
-	if (!ret)
+	seg->user = xpmem_user_charge(XPMEM_SEGMENTS);
+	ret = PTR_ERR_OR_ZERO(seg->user);
+	if (!ret) {
+		ret = xa_alloc_cyclic(&xpmem_segments, &id, seg, XA_LIMIT(1, INT_MAX),
+				      &xpmem_next_segid, GFP_KERNEL_ACCOUNT);
+		if (ret < 0)
+			xpmem_user_uncharge(seg->user, XPMEM_SEGMENTS);
+	}
+	if (ret >= 0) {
+		ret = 0;
+		segid = id;
 		seg->segid = id;
+		list_add(&seg->owner_link, &tg->segments);
+	}
 	mutex_unlock(&xpmem_lock);
 	if (ret) {
-		kref_put(&seg->kref, xpmem_segment_free);
-		return ret;
+		xpmem_segment_put(seg);
+		return ret == -EBUSY ? -ENOSPC : ret;
 	}
-	return put_user(seg->segid, &arg->segid);
+	return put_user(segid, &arg->segid);
+}
+
+/* Revokes a removed segment's attachments; drops the table's reference. */
+static void xpmem_segment_finish(struct xpmem_segment *seg)
+{
+	xpmem_fault_barrier(seg->owner);
+	xpmem_zap(seg->owner, seg->vaddr, seg->vaddr + seg->size);
+	xpmem_segment_put(seg);
 }
 
 static long xpmem_remove(struct xpmem_tg *tg, struct xpmem_cmd_remove __user *arg)
@@ -545,8 +882,7 @@ static long xpmem_remove(struct xpmem_tg *tg, struct xpmem_cmd_remove __user *ar
 	}
 	xpmem_segment_remove(seg);
 	mutex_unlock(&xpmem_lock);
-	xpmem_revoke_zap(tg, seg->vaddr, seg->vaddr + seg->size);
-	kref_put(&seg->kref, xpmem_segment_free);	/* the table's */
+	xpmem_segment_finish(seg);
 	return 0;
 }
 
@@ -555,6 +891,7 @@ static long xpmem_get(struct xpmem_tg *tg, struct xpmem_cmd_get __user *arg)
 	struct xpmem_cmd_get cmd;
 	struct xpmem_segment *seg;
 	struct xpmem_permit *permit;
+	s64 apid = 0;
 	u32 id;
 	int ret;
 
@@ -563,9 +900,10 @@ static long xpmem_get(struct xpmem_tg *tg, struct xpmem_cmd_get __user *arg)
 	if (cmd.segid <= 0 || cmd.permit_type != XPMEM_PERMIT_MODE ||
 	    (cmd.flags != XPMEM_RDONLY && cmd.flags != XPMEM_RDWR))
 		return -EINVAL;
-	permit = kzalloc(sizeof(*permit), GFP_KERNEL);
+	permit = kzalloc(sizeof(*permit), GFP_KERNEL_ACCOUNT);
 	if (!permit)
 		return -ENOMEM;
+	INIT_LIST_HEAD(&permit->attachments);
 	mutex_lock(&xpmem_lock);
 	seg = cmd.segid <= INT_MAX ? xa_load(&xpmem_segments, cmd.segid) : NULL;
 	if (!seg) {
@@ -573,22 +911,33 @@ static long xpmem_get(struct xpmem_tg *tg, struct xpmem_cmd_get __user *arg)
 	} else if (!xpmem_permitted(seg, cmd.flags == XPMEM_RDONLY)) {
 		ret = -EACCES;
 	} else {
-		permit->seg = seg;
-		permit->holder = tg;
-		permit->read_only = cmd.flags == XPMEM_RDONLY;
-		ret = xa_alloc(&xpmem_permits, &id, permit, xa_limit_31b, GFP_KERNEL);
-		if (!ret) {
+		permit->user = xpmem_user_charge(XPMEM_PERMITS);
+		ret = PTR_ERR_OR_ZERO(permit->user);
+	}
+	if (!ret) {
+		ret = xa_alloc_cyclic(&xpmem_permits, &id, permit, XA_LIMIT(1, INT_MAX),
+				      &xpmem_next_apid, GFP_KERNEL_ACCOUNT);
+		if (ret < 0) {
+			xpmem_user_uncharge(permit->user, XPMEM_PERMITS);
+		} else {
+			ret = 0;
 			kref_get(&seg->kref);
+			permit->seg = seg;
+			permit->holder = tg;
+			permit->read_only = cmd.flags == XPMEM_RDONLY;
 			permit->apid = id;
+			apid = id;
+			list_add(&permit->holder_link, &tg->permits);
+			list_add(&permit->seg_link, &seg->permits);
 			atomic_inc(&xpmem_nr_permits);
 		}
 	}
 	mutex_unlock(&xpmem_lock);
 	if (ret) {
 		kfree(permit);
-		return ret;
+		return ret == -EBUSY ? -ENOSPC : ret;
 	}
-	return put_user(permit->apid, &arg->apid);
+	return put_user(apid, &arg->apid);
 }
 
 /* Looks a permit up for its holder. Under xpmem_lock. */
@@ -605,27 +954,23 @@ static struct xpmem_permit *xpmem_permit_of(struct xpmem_tg *tg, s64 apid)
 static long xpmem_release(struct xpmem_tg *tg, struct xpmem_cmd_release __user *arg)
 {
 	struct xpmem_permit *permit;
-	struct xpmem_segment *seg;
+	LIST_HEAD(taken);
 	s64 apid;
 
 	if (get_user(apid, &arg->apid))
 		return -EFAULT;
 	mutex_lock(&xpmem_lock);
 	permit = xpmem_permit_of(tg, apid);
-	if (!permit) {
-		mutex_unlock(&xpmem_lock);
-		return -EINVAL;
-	}
-	seg = permit->seg;
-	kref_get(&seg->kref);
-	xpmem_permit_release(permit);
+	if (permit)
+		xpmem_permit_take(permit, &taken);
 	mutex_unlock(&xpmem_lock);
-	xpmem_revoke_zap(seg->owner, seg->vaddr, seg->vaddr + seg->size);
-	kref_put(&seg->kref, xpmem_segment_free);
-	return xpmem_detach_all(tg, apid);
+	if (!permit)
+		return -EINVAL;
+	xpmem_permit_finish(permit, &taken, true);
+	return 0;
 }
 
-/* Whether [start, end) of the caller overlaps an attachment. */
+/* Whether [start, end) of the caller overlaps an attachment (advisory). */
 static bool xpmem_overlaps_attachment(unsigned long start, unsigned long end)
 {
 	struct mm_struct *mm = current->mm;
@@ -640,6 +985,43 @@ static bool xpmem_overlaps_attachment(unsigned long start, unsigned long end)
 	return overlaps;
 }
 
+/* Makes the table entry of a new attachment. Under xpmem_lock. */
+static int xpmem_attachment_add(struct xpmem_attachment *att, struct xpmem_permit *permit,
+				u64 offset, unsigned long size)
+{
+	struct xpmem_segment *seg = permit->seg;
+
+	if (seg->removed)
+		return -ENOENT;
+	if (offset > seg->size || size > seg->size - offset)
+		return -EINVAL;
+	att->user = xpmem_user_charge(XPMEM_ATTACHMENTS);
+	if (IS_ERR(att->user))
+		return PTR_ERR(att->user);
+	att->owner = seg->owner;
+	kref_get(&att->owner->kref);
+	att->owner_start = seg->vaddr + offset;
+	att->owner_end = att->owner_start + size;
+	att->read_only = permit->read_only;
+	att->permit = permit;
+	list_add(&att->permit_link, &permit->attachments);
+	return 0;
+}
+
+/* Takes a failed attachment back out of the table, unless someone else did. */
+static void xpmem_attachment_undo(struct xpmem_attachment *att)
+{
+	bool listed;
+
+	mutex_lock(&xpmem_lock);
+	listed = att->permit;
+	if (listed)
+		xpmem_take_attachment(att);
+	mutex_unlock(&xpmem_lock);
+	if (listed)
+		xpmem_forget_attachment(att);
+}
+
 static long xpmem_attach(struct file *file, struct xpmem_tg *tg,
 			 struct xpmem_cmd_attach __user *arg)
 {
@@ -647,8 +1029,7 @@ static long xpmem_attach(struct file *file, struct xpmem_tg *tg,
 	struct xpmem_permit *permit;
 	struct xpmem_attachment *att;
 	unsigned long address, size;
-	loff_t offset;
-	int ret = 0;
+	int ret;
 
 	if (copy_from_user(&cmd, arg, sizeof(cmd)))
 		return -EFAULT;
@@ -660,125 +1041,47 @@ static long xpmem_attach(struct file *file, struct xpmem_tg *tg,
 		return -EINVAL;
 	if (cmd.vaddr && xpmem_overlaps_attachment(cmd.vaddr, cmd.vaddr + size))
 		return -EINVAL;
-	att = kzalloc(sizeof(*att), GFP_KERNEL);
+	att = kzalloc(sizeof(*att), GFP_KERNEL_ACCOUNT);
 	if (!att)
 		return -ENOMEM;
 	kref_init(&att->kref);
-	INIT_LIST_HEAD(&att->link);
-	atomic_inc(&xpmem_nr_attachments);
+	INIT_LIST_HEAD(&att->permit_link);
+	INIT_LIST_HEAD(&att->owner_link);
 
 	mutex_lock(&xpmem_lock);
 	permit = xpmem_permit_of(tg, cmd.apid);
-	if (!permit) {
-		ret = -EINVAL;
-	} else if (permit->seg->removed) {
-		ret = -ENOENT;
-	} else if ((u64)cmd.offset > permit->seg->size ||
-		   size > permit->seg->size - cmd.offset ||
-		   permit->seg->vaddr + cmd.offset + size > XPMEM_MAX_ADDRESS) {
-		ret = -EINVAL;
-	} else {
-		att->owner = permit->seg->owner;
-		kref_get(&att->owner->kref);
-		att->holder = tg;
-		att->segid = permit->seg->segid;
-		att->apid = permit->apid;
-		att->owner_start = permit->seg->vaddr + cmd.offset;
-		att->owner_end = att->owner_start + size;
-		att->read_only = permit->read_only;
-		list_add(&att->link, &xpmem_attachments);
-	}
+	ret = permit ? xpmem_attachment_add(att, permit, cmd.offset, size) : -EINVAL;
 	mutex_unlock(&xpmem_lock);
 	if (ret) {
-		kref_put(&att->kref, xpmem_attachment_free);
+		kfree(att);
 		return ret;
 	}
+	atomic_inc(&xpmem_nr_attachments);
+	spin_lock(&att->owner->attached_lock);
+	list_add(&att->owner_link, &att->owner->attached);
+	spin_unlock(&att->owner->attached_lock);
 
-	offset = xpmem_file_offset(att->owner->slot, att->owner_start);
 	mutex_lock(&tg->attach_lock);
 	tg->pending = att;
 	tg->pending_task = current;
 	address = vm_mmap(file, cmd.vaddr, size,
 			  PROT_READ | (att->read_only ? 0 : PROT_WRITE),
-			  MAP_SHARED | (cmd.vaddr ? MAP_FIXED : 0), offset);
+			  MAP_SHARED | (cmd.vaddr ? MAP_FIXED : 0), att->owner_start);
 	tg->pending = NULL;
 	tg->pending_task = NULL;
 	mutex_unlock(&tg->attach_lock);
 	if (IS_ERR_VALUE(address)) {
-		mutex_lock(&xpmem_lock);
-		list_del(&att->link);
-		mutex_unlock(&xpmem_lock);
-		kref_put(&att->kref, xpmem_attachment_free);
+		xpmem_attachment_undo(att);
 		return (long)address;
 	}
-	att->address = address;
-	att->size = size;
-	/* The VMA holds a reference now; the table's goes at detach or exit. */
+	/* Revoked while being mapped (a release or removal meanwhile): undo. */
+	if (READ_ONCE(att->revoked)) {
+		vm_munmap(address, size);
+		xpmem_attachment_undo(att);
+		return -ENOENT;
+	}
+	/* The VMA holds a reference now; the table's goes at detach or release. */
 	return put_user((u64)address, &arg->vaddr);
-}
-
-/* Unmaps every VMA of @att left in its original range. */
-static void xpmem_unmap_attachment(struct xpmem_attachment *att)
-{
-	struct mm_struct *mm = current->mm;
-	unsigned long start, end;
-	struct vm_area_struct *vma;
-
-	for (;;) {
-		start = 0;
-		end = 0;
-		mmap_read_lock(mm);
-		for (vma = find_vma(mm, att->address);
-		     vma && vma->vm_start < att->address + att->size;
-		     vma = find_vma(mm, vma->vm_end)) {
-			if (vma->vm_private_data == att && vma->vm_ops == &xpmem_vm_ops) {
-				start = vma->vm_start;
-				end = vma->vm_end;
-				break;
-			}
-		}
-		mmap_read_unlock(mm);
-		if (!end || vm_munmap(start, end - start))
-			return;
-	}
-}
-
-/* Takes @att out of the table (once) and drops the table's reference. */
-static void xpmem_forget_attachment(struct xpmem_attachment *att)
-{
-	bool listed;
-
-	mutex_lock(&xpmem_lock);
-	listed = !list_empty(&att->link);
-	list_del_init(&att->link);
-	mutex_unlock(&xpmem_lock);
-	if (listed)
-		kref_put(&att->kref, xpmem_attachment_free);
-}
-
-/* Detaches everything @tg attached through @apid (release). */
-static long xpmem_detach_all(struct xpmem_tg *tg, s64 apid)
-{
-	struct xpmem_attachment *att;
-
-	for (;;) {
-		struct xpmem_attachment *found = NULL;
-
-		mutex_lock(&xpmem_lock);
-		list_for_each_entry(att, &xpmem_attachments, link) {
-			if (att->holder == tg && att->apid == apid && att->size) {
-				found = att;
-				kref_get(&found->kref);
-				break;
-			}
-		}
-		mutex_unlock(&xpmem_lock);
-		if (!found)
-			return 0;
-		xpmem_unmap_attachment(found);
-		xpmem_forget_attachment(found);
-		kref_put(&found->kref, xpmem_attachment_free);
-	}
 }
 
 static long xpmem_detach(struct xpmem_tg *tg, struct xpmem_cmd_detach __user *arg)
@@ -786,7 +1089,9 @@ static long xpmem_detach(struct xpmem_tg *tg, struct xpmem_cmd_detach __user *ar
 	struct mm_struct *mm = current->mm;
 	struct xpmem_attachment *att;
 	struct vm_area_struct *vma;
+	bool listed;
 	u64 address;
+	int ret;
 
 	if (get_user(address, &arg->vaddr))
 		return -EFAULT;
@@ -803,10 +1108,21 @@ static long xpmem_detach(struct xpmem_tg *tg, struct xpmem_cmd_detach __user *ar
 	att = vma->vm_private_data;
 	kref_get(&att->kref);
 	mmap_read_unlock(mm);
-	xpmem_unmap_attachment(att);
-	xpmem_forget_attachment(att);
-	kref_put(&att->kref, xpmem_attachment_free);
-	return 0;
+
+	mutex_lock(&xpmem_lock);
+	listed = att->permit;
+	if (listed)
+		xpmem_take_attachment(att);
+	mutex_unlock(&xpmem_lock);
+	if (listed) {
+		xpmem_fault_barrier(att->owner);
+		xpmem_zap(att->owner, att->owner_start, att->owner_end);
+	}
+	ret = xpmem_unmap_attachment(att);
+	if (listed)
+		xpmem_forget_attachment(att);
+	xpmem_attachment_put(att);
+	return ret;
 }
 
 static long xpmem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -814,8 +1130,8 @@ static long xpmem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	struct xpmem_tg *tg = file->private_data;
 	void __user *argp = (void __user *)arg;
 
-	/* A fork child inherited the parent's descriptor: it must open afresh. */
-	if (current->tgid != tg->tgid)
+	/* A fork child, an exec()ed image or another process: it must open afresh. */
+	if (!xpmem_is_opener(tg))
 		return -XPMEM_ERRNO_NOPROC;
 	switch (cmd) {
 	case XPMEM_CMD_VERSION:
@@ -840,65 +1156,110 @@ static long xpmem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	}
 }
 
+static const struct file_operations xpmem_owner_fops = {
+	.owner = THIS_MODULE,
+};
+
+/* The pseudo file whose address_space holds the attachments of a new owner. */
+static struct file *xpmem_owner_file(void)
+{
+	struct inode *inode;
+	struct file *file;
+
+	inode = alloc_anon_inode(xpmem_mnt->mnt_sb);
+	if (IS_ERR(inode))
+		return ERR_CAST(inode);
+	__module_get(THIS_MODULE);	/* put by the file's last fput() */
+	file = alloc_file_pseudo(inode, xpmem_mnt, "xpmem", O_RDWR, &xpmem_owner_fops);
+	if (IS_ERR(file)) {
+		module_put(THIS_MODULE);
+		iput(inode);
+	}
+	return file;
+}
+
 static int xpmem_open(struct inode *inode, struct file *file)
 {
 	struct xpmem_tg *tg;
+	int ret;
 
 	if (!current->mm)
 		return -EINVAL;
-	tg = kzalloc(sizeof(*tg), GFP_KERNEL);
+	tg = kzalloc(sizeof(*tg), GFP_KERNEL_ACCOUNT);
 	if (!tg)
 		return -ENOMEM;
+	tg->file = xpmem_owner_file();
+	if (IS_ERR(tg->file)) {
+		ret = PTR_ERR(tg->file);
+		kfree(tg);
+		return ret;
+	}
 	kref_init(&tg->kref);
 	tg->tgid = current->tgid;
 	tg->mm = current->mm;
 	mmgrab(tg->mm);
 	mutex_init(&tg->notifier_lock);
 	mutex_init(&tg->attach_lock);
+	spin_lock_init(&tg->attached_lock);
+	INIT_LIST_HEAD(&tg->attached);
+	INIT_LIST_HEAD(&tg->segments);
+	INIT_LIST_HEAD(&tg->permits);
+	ret = mmu_interval_notifier_insert(&tg->notifier, tg->mm, 0, TASK_SIZE_MAX,
+					   &xpmem_notifier_ops);
+	if (ret) {
+		fput(tg->file);
+		mmdrop(tg->mm);
+		kfree(tg);
+		return ret;
+	}
 	file->private_data = tg;
-	/* One address space for every open file: one i_mmap tree to zap. */
-	file->f_mapping = xpmem_inode->i_mapping;
 	atomic_inc(&xpmem_nr_tgs);
 	return 0;
+}
+
+/* Releases every permit @tg holds; their attachments fault SIGBUS from now on. */
+static void xpmem_release_all(struct xpmem_tg *tg)
+{
+	struct xpmem_permit *permit;
+
+	do {
+		LIST_HEAD(taken);
+
+		mutex_lock(&xpmem_lock);
+		permit = list_first_entry_or_null(&tg->permits, struct xpmem_permit,
+						  holder_link);
+		if (permit)
+			xpmem_permit_take(permit, &taken);
+		mutex_unlock(&xpmem_lock);
+		if (permit)
+			xpmem_permit_finish(permit, &taken, false);
+	} while (permit);
 }
 
 /* The last reference to the open file: the process is done with XPMEM. */
 static int xpmem_release_file(struct inode *inode, struct file *file)
 {
 	struct xpmem_tg *tg = file->private_data;
-	struct xpmem_attachment *att, *next;
-	struct xpmem_segment *seg;
-	struct xpmem_permit *permit;
-	unsigned long index;
-	LIST_HEAD(forgotten);
+	struct xpmem_segment *seg, *next;
+	LIST_HEAD(removed);
 
 	mutex_lock(&xpmem_lock);
-	xa_for_each(&xpmem_segments, index, seg) {
-		if (seg->owner != tg)
-			continue;
+	list_for_each_entry_safe(seg, next, &tg->segments, owner_link) {
 		xpmem_segment_remove(seg);
-		kref_put(&seg->kref, xpmem_segment_free);
+		list_add(&seg->owner_link, &removed);
 	}
-	xa_for_each(&xpmem_permits, index, permit) {
-		if (permit->holder == tg)
-			xpmem_permit_release(permit);
-	}
-	list_for_each_entry_safe(att, next, &xpmem_attachments, link) {
-		if (att->holder == tg)
-			list_move(&att->link, &forgotten);
-	}
-	if (tg->slot)
-		xa_erase(&xpmem_slots, tg->slot);
 	mutex_unlock(&xpmem_lock);
-
-	list_for_each_entry_safe(att, next, &forgotten, link) {
-		list_del_init(&att->link);
-		kref_put(&att->kref, xpmem_attachment_free);
+	/* No fault maps our pages from here on; nothing needs our notifier then. */
+	mutex_lock(&tg->notifier_lock);
+	tg->dead = true;
+	mutex_unlock(&tg->notifier_lock);
+	xpmem_zap(tg, 0, TASK_SIZE_MAX);
+	mmu_interval_notifier_remove(&tg->notifier);
+	list_for_each_entry_safe(seg, next, &removed, owner_link) {
+		list_del_init(&seg->owner_link);
+		xpmem_segment_put(seg);	/* the table's */
 	}
-	if (tg->slot) {
-		xpmem_revoke_zap(tg, 0, XPMEM_MAX_ADDRESS);
-		mmu_interval_notifier_remove(&tg->notifier);
-	}
+	xpmem_release_all(tg);
 	xpmem_tg_put(tg);
 	return 0;
 }
@@ -946,25 +1307,26 @@ static int __init xpmem_init(void)
 {
 	int ret;
 
+	/* Reclaim can invalidate an owner and wait for its zap: a rescuer is needed. */
+	xpmem_zap_wq = alloc_workqueue("xpmem_zap", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
+	if (!xpmem_zap_wq)
+		return -ENOMEM;
 	xpmem_mnt = kern_mount(&xpmem_fs_type);
-	if (IS_ERR(xpmem_mnt))
-		return PTR_ERR(xpmem_mnt);
-	xpmem_inode = alloc_anon_inode(xpmem_mnt->mnt_sb);
-	if (IS_ERR(xpmem_inode)) {
-		ret = PTR_ERR(xpmem_inode);
-		goto unmount;
+	if (IS_ERR(xpmem_mnt)) {
+		ret = PTR_ERR(xpmem_mnt);
+		goto destroy_wq;
 	}
 	ret = misc_register(&xpmem_device);
 	if (ret)
-		goto put_inode;
+		goto unmount;
 	xpmem_debugfs = debugfs_create_dir("xpmem", NULL);
 	debugfs_create_file("counters", 0444, xpmem_debugfs, NULL, &xpmem_counters_fops);
 	return 0;
 
-put_inode:
-	iput(xpmem_inode);
 unmount:
 	kern_unmount(xpmem_mnt);
+destroy_wq:
+	destroy_workqueue(xpmem_zap_wq);
 	return ret;
 }
 
@@ -972,8 +1334,8 @@ static void __exit xpmem_exit(void)
 {
 	debugfs_remove(xpmem_debugfs);
 	misc_deregister(&xpmem_device);
-	iput(xpmem_inode);
 	kern_unmount(xpmem_mnt);
+	destroy_workqueue(xpmem_zap_wq);
 }
 
 module_init(xpmem_init);
