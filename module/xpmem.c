@@ -37,7 +37,8 @@
  *		are allocated before notifier_lock, so that reclaim, which can
  *		call the notifier, never runs under it)
  *	notifier context -> owner->notifier_lock (sequence only)
- *	notifier context -> owner->attached_lock (spinlock)
+ *	xpmem_lock -> owner->attached_lock (spinlock; also taken alone by
+ *		the notifier)
  * The notifier never zaps in its own context: zapping invalidates the
  * attachers' mms, a nested mmu notifier invalidation. It hands the zap to
  * xpmem_zap_wq and waits. A zap's own nested invalidations of attachment
@@ -1005,6 +1006,11 @@ static int xpmem_attachment_add(struct xpmem_attachment *att, struct xpmem_permi
 	att->read_only = permit->read_only;
 	att->permit = permit;
 	list_add(&att->permit_link, &permit->attachments);
+	/* Here, not later: a release may forget it as soon as xpmem_lock drops. */
+	spin_lock(&att->owner->attached_lock);
+	list_add(&att->owner_link, &att->owner->attached);
+	spin_unlock(&att->owner->attached_lock);
+	atomic_inc(&xpmem_nr_attachments);
 	return 0;
 }
 
@@ -1056,10 +1062,6 @@ static long xpmem_attach(struct file *file, struct xpmem_tg *tg,
 		kfree(att);
 		return ret;
 	}
-	atomic_inc(&xpmem_nr_attachments);
-	spin_lock(&att->owner->attached_lock);
-	list_add(&att->owner_link, &att->owner->attached);
-	spin_unlock(&att->owner->attached_lock);
 
 	mutex_lock(&tg->attach_lock);
 	tg->pending = att;
