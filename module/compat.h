@@ -29,15 +29,18 @@ static inline void xpmem_vm_flags_clear(struct vm_area_struct *vma, vm_flags_t f
 #endif
 }
 
-/* get_user_pages_remote() lost its vmas argument (6.5). */
+/*
+ * get_user_pages_remote() lost its vmas argument (6.5). With @locked, it may
+ * drop the mmap_lock to wait (userfaultfd) and clears *@locked if it did.
+ */
 static inline long xpmem_gup_remote(struct mm_struct *mm, unsigned long start,
 				    unsigned long nr_pages, unsigned int gup_flags,
-				    struct page **pages)
+				    struct page **pages, int *locked)
 {
 #ifdef XPMEM_GUP_REMOTE_TAKES_VMAS
-	return get_user_pages_remote(mm, start, nr_pages, gup_flags, pages, NULL, NULL);
+	return get_user_pages_remote(mm, start, nr_pages, gup_flags, pages, NULL, locked);
 #else
-	return get_user_pages_remote(mm, start, nr_pages, gup_flags, pages, NULL);
+	return get_user_pages_remote(mm, start, nr_pages, gup_flags, pages, locked);
 #endif
 }
 

@@ -67,6 +67,7 @@
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/userfaultfd_k.h>
 #include <linux/user_namespace.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
@@ -572,13 +573,14 @@ static vm_fault_t xpmem_owner_busy(struct vm_fault *vmf, struct mm_struct *mm)
  * read-only, SIGBUS where nothing is mapped.
  */
 static long xpmem_get_owner_pages(struct mm_struct *mm, unsigned long address,
-				  unsigned long nr, bool write, struct page **pages)
+				  unsigned long nr, unsigned int gup_flags, struct page **pages)
 {
-	long got = xpmem_gup_remote(mm, address, nr, write ? FOLL_WRITE : 0, pages);
+	long got = xpmem_gup_remote(mm, address, nr, gup_flags, pages, NULL);
 
 	if (got > 0)
 		return got;
-	if (write && xpmem_gup_remote(mm, address, 1, 0, pages) == 1) {
+	if ((gup_flags & FOLL_WRITE) &&
+	    xpmem_gup_remote(mm, address, 1, gup_flags & ~FOLL_WRITE, pages, NULL) == 1) {
 		put_page(pages[0]);	/* readable only: never writable through us */
 		return -(long)VM_FAULT_SIGSEGV;
 	}
@@ -637,6 +639,43 @@ static vm_fault_t xpmem_insert(struct vm_fault *vmf, struct page **pages, long g
 	return ret;
 }
 
+/*
+ * Whether the owner handles missing pages at @address itself (userfaultfd).
+ * Clamps @nr to the owner's VMA there, so that one fault never spans a VMA
+ * that does and one that does not.
+ */
+static bool xpmem_owner_handles_faults(struct mm_struct *mm, unsigned long address,
+				       unsigned long *nr)
+{
+	struct vm_area_struct *vma = vma_lookup(mm, address);
+
+	if (!vma)
+		return false;
+	*nr = min(*nr, (vma->vm_end - address) >> PAGE_SHIFT);
+	return userfaultfd_armed(vma);
+}
+
+/*
+ * Lets the owner's userfaultfd handler provide the page at @address: without
+ * the attacher's lock (which this drops), GUP may wait for the handler. The
+ * fault is then retried, once: a page still missing is a SIGBUS.
+ */
+static vm_fault_t xpmem_wait_for_owner_handler(struct vm_fault *vmf, struct mm_struct *mm,
+					       unsigned long address, bool write)
+{
+	struct page *page;
+	int locked = 1;
+
+	xpmem_release_fault_lock(vmf);
+	if (mmap_read_lock_killable(mm))
+		return VM_FAULT_RETRY;
+	if (xpmem_gup_remote(mm, address, 1, write ? FOLL_WRITE : 0, &page, &locked) == 1)
+		put_page(page);
+	if (locked)
+		mmap_read_unlock(mm);
+	return VM_FAULT_RETRY;
+}
+
 static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
 			    unsigned long address)
 {
@@ -646,7 +685,9 @@ static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
 	bool write = vmf->flags & FAULT_FLAG_WRITE;
 	struct page *pages[XPMEM_FAULT_PAGES];
 	enum xpmem_owner_lock lock;
+	unsigned int gup_flags;
 	unsigned long nr, seq;
+	bool owner_handles;
 	vm_fault_t ret;
 	long got;
 
@@ -657,7 +698,23 @@ static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
 	lock = xpmem_lock_owner_mm(vmf, mm);
 	if (lock == XPMEM_OWNER_BUSY)
 		return xpmem_owner_busy(vmf, mm);	/* @att may be gone after this */
-	got = xpmem_get_owner_pages(mm, address, nr, write, pages);
+	/*
+	 * Where the owner handles its own faults (userfaultfd), GUP must not
+	 * fault under our lock: it could not wait for the handler.
+	 */
+	owner_handles = xpmem_owner_handles_faults(mm, address, &nr);
+	gup_flags = write ? FOLL_WRITE : 0;
+	got = xpmem_get_owner_pages(mm, address, nr,
+				    gup_flags | (owner_handles ? FOLL_NOFAULT : 0), pages);
+	if (got < 0 && owner_handles) {
+		if (fault_flag_allow_retry_first(vmf->flags) &&
+		    !(vmf->flags & FAULT_FLAG_RETRY_NOWAIT)) {
+			if (lock == XPMEM_OWNER_LOCKED)
+				mmap_read_unlock(mm);
+			return xpmem_wait_for_owner_handler(vmf, mm, address, write);
+		}
+		got = xpmem_get_owner_pages(mm, address, 1, gup_flags, pages);
+	}
 	if (lock == XPMEM_OWNER_LOCKED)
 		mmap_read_unlock(mm);
 	if (got < 0)
@@ -723,8 +780,9 @@ static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 {
 	struct xpmem_attachment *att = vmf->vma->vm_private_data;
 	enum xpmem_owner_lock lock;
-	unsigned long address, seq;
+	unsigned long address, seq, nr;
 	struct xpmem_tg *owner;
+	bool owner_handles;
 	struct page *page;
 	vm_fault_t ret;
 	long got;
@@ -740,9 +798,18 @@ static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 		ret = VM_FAULT_NOPAGE;		/* the CPU retries the store */
 		goto out;
 	}
-	got = xpmem_get_owner_pages(owner->mm, address, 1, true, &page);
+	/* No faults in an owner with userfaultfd here: only ->fault can wait. */
+	nr = 1;
+	owner_handles = xpmem_owner_handles_faults(owner->mm, address, &nr);
+	got = xpmem_get_owner_pages(owner->mm, address, 1,
+				    FOLL_WRITE | (owner_handles ? FOLL_NOFAULT : 0), &page);
 	if (lock == XPMEM_OWNER_LOCKED)
 		mmap_read_unlock(owner->mm);
+	if (got < 0 && owner_handles) {
+		zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
+		ret = VM_FAULT_NOPAGE;	/* the write faults again, through ->fault */
+		goto out;
+	}
 	if (got < 0) {
 		ret = (vm_fault_t)-got;
 		goto out;

@@ -184,6 +184,45 @@ bool eventually(const std::function<bool()> &condition, std::chrono::millisecond
     return true;
 }
 
+namespace {
+
+// A message carrying `payload` and room for one descriptor in `control`.
+struct DescriptorMessage {
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    iovec io;
+    msghdr header{};
+
+    DescriptorMessage(void *payload, std::size_t size) : io{payload, size} {
+        header.msg_iov = &io;
+        header.msg_iovlen = 1;
+        header.msg_control = control;
+        header.msg_controllen = sizeof control;
+    }
+};
+
+}  // namespace
+
+ssize_t send_descriptor(int socket, int fd, std::span<const std::byte> payload) {
+    DescriptorMessage message(const_cast<std::byte *>(payload.data()), payload.size());
+    cmsghdr *header = CMSG_FIRSTHDR(&message.header);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(header), &fd, sizeof fd);
+    return sendmsg(socket, &message.header, MSG_NOSIGNAL);
+}
+
+int receive_descriptor(int socket) {
+    char byte;
+    DescriptorMessage message(&byte, 1);
+    CHILD_CHECK(recvmsg(socket, &message.header, 0) == 1);
+    cmsghdr *header = CMSG_FIRSTHDR(&message.header);
+    CHILD_CHECK(header != nullptr && header->cmsg_type == SCM_RIGHTS);
+    int fd;
+    std::memcpy(&fd, CMSG_DATA(header), sizeof fd);
+    return fd;
+}
+
 int count_open_fds() {
     DIR *directory = opendir("/proc/self/fd");
     int count = 0;

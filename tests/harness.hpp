@@ -116,6 +116,11 @@ bool eventually(const std::function<bool()> &condition,
 
 // Number of open descriptors of the calling process.
 int count_open_fds();
+// Sends `fd` over the Unix socket `socket` (SCM_RIGHTS) with `payload` as the message;
+// returns what sendmsg returned.
+ssize_t send_descriptor(int socket, int fd, std::span<const std::byte> payload);
+// Receives one byte of payload and a descriptor sent by send_descriptor().
+int receive_descriptor(int socket);
 // Whether the kernel can read from [address, address+1): false once it faults.
 bool readable_by_kernel(const void *address);
 

@@ -171,19 +171,8 @@ TEST_P(Hostile, DescriptorsSentToTheOwnerAreNotKept) {
         int fd = raw_connect(info.pid);
         protocol::GetRequest request{.segid = info.segid, .flags = XPMEM_RDWR};
         int passed = memfd_create("junk", 0);
-        iovec io{&request, sizeof request};
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-        msghdr header{};
-        header.msg_iov = &io;
-        header.msg_iovlen = 1;
-        header.msg_control = control;
-        header.msg_controllen = sizeof control;
-        cmsghdr *cmsg = CMSG_FIRSTHDR(&header);
-        cmsg->cmsg_level = SOL_SOCKET;
-        cmsg->cmsg_type = SCM_RIGHTS;
-        cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-        std::memcpy(CMSG_DATA(cmsg), &passed, sizeof passed);
-        CHILD_CHECK(sendmsg(fd, &header, MSG_NOSIGNAL) == sizeof request);
+        CHILD_CHECK(xt::send_descriptor(fd, passed, std::as_bytes(std::span(&request, 1))) ==
+                    sizeof request);
         CHILD_CHECK(closed_by_peer(fd));
         close(fd);
     });

@@ -7,12 +7,15 @@
 // test_hostile.cpp.
 
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
 #include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <xpmem.h>
 
@@ -217,40 +220,6 @@ TEST_P(KernelHardening, DescriptorInheritedAcrossExecGetsNoproc) {
     EXPECT_CHILD_OK(opener);
 }
 
-void send_descriptor(int socket, int fd) {
-    char byte = 0;
-    iovec io{&byte, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr message{};
-    message.msg_iov = &io;
-    message.msg_iovlen = 1;
-    message.msg_control = control;
-    message.msg_controllen = sizeof control;
-    cmsghdr *header = CMSG_FIRSTHDR(&message);
-    header->cmsg_level = SOL_SOCKET;
-    header->cmsg_type = SCM_RIGHTS;
-    header->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(header), &fd, sizeof fd);
-    CHILD_CHECK(sendmsg(socket, &message, 0) == 1);
-}
-
-int receive_descriptor(int socket) {
-    char byte;
-    iovec io{&byte, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr message{};
-    message.msg_iov = &io;
-    message.msg_iovlen = 1;
-    message.msg_control = control;
-    message.msg_controllen = sizeof control;
-    CHILD_CHECK(recvmsg(socket, &message, 0) == 1);
-    cmsghdr *header = CMSG_FIRSTHDR(&message);
-    CHILD_CHECK(header != nullptr && header->cmsg_type == SCM_RIGHTS);
-    int fd;
-    std::memcpy(&fd, CMSG_DATA(header), sizeof fd);
-    return fd;
-}
-
 // A descriptor sent over a Unix socket acts for nobody: not for its opener's permits,
 // not as a way to map anything.
 TEST_P(KernelHardening, DescriptorPassedToAnotherProcessGetsNoproc) {
@@ -261,12 +230,13 @@ TEST_P(KernelHardening, DescriptorPassedToAnotherProcessGetsNoproc) {
         RawDevice device;
         auto memory = anonymous(kPage);
         xpmem_apid_t apid = device.get(device.make(memory, 0666));
-        send_descriptor(sockets[0], device.fd());
+        std::byte byte{};
+        CHILD_CHECK(xt::send_descriptor(sockets[0], device.fd(), {&byte, 1}) == 1);
         channel.send_a(apid);
         CHILD_CHECK(channel.receive_a<int>() == 1);
     });
     xt::Process receiver([&] {
-        int fd = receive_descriptor(sockets[1]);
+        int fd = xt::receive_descriptor(sockets[1]);
         xpmem_cmd_attach attach{};
         attach.apid = channel.receive_b<xpmem_apid_t>();
         attach.size = kPage;
@@ -365,6 +335,64 @@ TEST_P(KernelHardening, MutualAttachmentsNeverDeadlockAgainstMmap) {
     xt::Status second = b.wait(60s);
     EXPECT_TRUE(first.exited_ok()) << first.describe();
     EXPECT_TRUE(second.exited_ok()) << second.describe();
+}
+
+// A userfaultfd that also serves the kernel's own accesses (GUP), or -1 where this uid may
+// not create one (vm.unprivileged_userfaultfd=0).
+int full_userfaultfd() {
+    return static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC));
+}
+
+// An owner that provides its memory on demand through userfaultfd: an attacher's fault
+// waits for the owner's handler (without holding its own mmap_lock) and sees what the
+// handler put there, instead of SIGBUS.
+TEST_P(KernelHardening, OwnerUserfaultfdHandlerServesAttachers) {
+    int probe = full_userfaultfd();
+    if (probe < 0) GTEST_SKIP() << "no userfaultfd for kernel faults for this uid";
+    close(probe);
+    constexpr std::size_t kPages = 8;
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(kPages * kPage);
+        int uffd = full_userfaultfd();
+        CHILD_CHECK(uffd >= 0);
+        uffdio_api api{.api = UFFD_API, .features = 0, .ioctls = 0};
+        CHILD_CHECK(ioctl(uffd, UFFDIO_API, &api) == 0);
+        uffdio_register range{};
+        range.range.start = reinterpret_cast<std::uintptr_t>(memory.data());
+        range.range.len = memory.size();
+        range.mode = UFFDIO_REGISTER_MODE_MISSING;
+        CHILD_CHECK(ioctl(uffd, UFFDIO_REGISTER, &range) == 0);
+        std::atomic<int> served{0};
+        std::thread handler([&] {
+            std::vector<std::byte> page(kPage, std::byte{0x77});
+            pollfd waiting{uffd, POLLIN, 0};
+            while (served < static_cast<int>(kPages) && poll(&waiting, 1, 20000) == 1) {
+                uffd_msg message;
+                if (read(uffd, &message, sizeof message) != sizeof message) continue;
+                if (message.event != UFFD_EVENT_PAGEFAULT) continue;
+                uffdio_copy copy{};
+                copy.dst = message.arg.pagefault.address & ~(kPage - 1);
+                copy.src = reinterpret_cast<std::uintptr_t>(page.data());
+                copy.len = kPage;
+                if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) ++served;
+            }
+        });
+        auto segment = xpmem::Segment::make(memory, 0666);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        handler.join();
+        CHILD_CHECK(served == static_cast<int>(kPages));
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem_segid_t>());
+        auto view = permit.attach(0, kPages * kPage);
+        for (std::size_t page = 0; page < kPages; ++page)
+            CHILD_CHECK(signal_on_read(view.data() + page * kPage) == 0 &&
+                        view.bytes()[page * kPage + 5] == std::byte{0x77});
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacher, &owner});
 }
 
 // Sets a module parameter for the life of the object (root in the test VM).
