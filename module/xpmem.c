@@ -8,37 +8,41 @@
  * the thread group and mm that opened the file may use it: a fork child, an
  * exec()ed image or a process that received the descriptor gets NOPROC.
  *
- * Every tg has a pseudo file whose address_space holds the VMAs of every
- * attachment of its memory, at file offset = owner address. An attachment is a
- * VM_PFNMAP|VM_IO mapping of that file: faults look the owner's pages up with
+ * Every mm that opens /dev/xpmem gets one struct xpmem_mm, shared by its
+ * files: an mmu notifier (mmu_notifier_get(), so registered once, at the
+ * first open, before the process can map any attachment: the registration's
+ * mm_take_all_locks() then never meets our address_space locks), and a pseudo
+ * file whose address_space holds the VMAs of every attachment of that mm's
+ * memory, at file offset = owner address. An attachment is a VM_PFNMAP|VM_IO
+ * mapping of that file: faults look the owner's pages up with
  * get_user_pages_remote() and map up to 16 at a time; no page is held between
- * faults. Each tg has an mmu_interval_notifier over its address space,
- * inserted at open (so the mm's first notifier registration, which takes
- * mm_take_all_locks(), runs before the process can map any attachment). Any
- * change to the owner's memory, whoever makes it (munmap, mremap,
+ * faults. Any change to the owner's memory, whoever makes it (munmap, mremap,
  * MADV_DONTNEED, COW, THP collapse, migration, reclaim, exit), zaps the range
  * in every attacher with unmap_mapping_range() on the owner's address_space.
+ * Faults that begin while the owner's memory is changing wait for it, without
+ * the attacher's mmap_lock and killably, then retry (the counting of KVM's
+ * mmu_invalidate_seq).
  *
  * An attachment's VMA can never outlive its right to the owner's memory:
  * detach, release, segment removal and either side's close mark the
  * attachment revoked before zapping it, faults check that mark (and that the
- * owner is alive) under the owner's notifier_lock before mapping, and the VMA
+ * owner is alive) under the owner's fault_lock before mapping, and the VMA
  * cannot be moved (->mremap refuses), inherited (VM_DONTCOPY, which VM_IO
  * makes permanent) or mapped by anyone but the attach ioctl.
  *
  * Locking, outer to inner:
  *	xpmem_lock		ids, per-user counts, the lists of segments,
  *				permits and attachments. Never held while an
- *				mmap_lock, i_mmap_rwsem or notifier_lock is taken.
+ *				mmap_lock, i_mmap_rwsem or fault_lock is taken.
  *	attacher mmap_lock -> owner mmap_lock (trylock only: two processes
  *		attached to each other, or one attached to itself, must never
  *		wait for each other's lock)
- *	attacher mmap_lock -> owner->notifier_lock -> PTL (fault; page tables
- *		are allocated before notifier_lock, so that reclaim, which can
- *		call the notifier, never runs under it)
- *	notifier context -> owner->notifier_lock (sequence only)
- *	xpmem_lock -> owner->attached_lock (spinlock; also taken alone by
- *		the notifier)
+ *	attacher mmap_lock -> xmm->fault_lock -> PTL (fault; page tables are
+ *		allocated before fault_lock, so that reclaim, which can call
+ *		the notifier, never runs under it)
+ *	notifier context -> xmm->fault_lock (counting only)
+ *	xpmem_lock -> xmm->attached_lock (spinlock; also taken alone by the
+ *		notifier)
  * The notifier never zaps in its own context: zapping invalidates the
  * attachers' mms, a nested mmu notifier invalidation. It hands the zap to
  * xpmem_zap_wq and waits. A zap's own nested invalidations of attachment
@@ -105,16 +109,25 @@ struct xpmem_user {
 	unsigned int count[XPMEM_KINDS];
 };
 
+/* The XPMEM state of one mm, shared by the files opened in it. */
+struct xpmem_mm {
+	struct mmu_notifier notifier;	/* mmu_notifier_get(): one per mm */
+	struct file *file;		/* its address_space maps the attachments */
+	struct mutex fault_lock;	/* faults against invalidations */
+	unsigned long seq;		/* invalidations begun: fault_lock */
+	atomic_t active;		/* invalidations in progress */
+	wait_queue_head_t idle;		/* woken when none is */
+	bool released;			/* the mm is gone: fault_lock */
+	spinlock_t attached_lock;
+	struct list_head attached;	/* attachments that may map its pages */
+};
+
 struct xpmem_tg {
 	struct kref kref;
 	pid_t tgid;
 	struct mm_struct *mm;		/* mmgrab()ed */
-	struct file *file;		/* its address_space maps the attachments */
-	struct mmu_interval_notifier notifier;
-	struct mutex notifier_lock;	/* faults against invalidations */
-	bool dead;			/* closed: under notifier_lock */
-	spinlock_t attached_lock;
-	struct list_head attached;	/* attachments that may map our pages */
+	struct xpmem_mm *xmm;		/* a reference to its notifier */
+	bool dead;			/* closed: under xmm->fault_lock */
 	struct list_head segments;	/* made by us: under xpmem_lock */
 	struct list_head permits;	/* held by us: under xpmem_lock */
 	struct mutex attach_lock;	/* one attach mmap at a time */
@@ -153,8 +166,14 @@ struct xpmem_attachment {
 	struct kref kref;		/* the table's, one per VMA, faults' */
 	struct xpmem_permit *permit;	/* NULL once out of the table */
 	struct list_head permit_link;	/* permit->attachments */
-	struct list_head owner_link;	/* owner->attached */
+	struct list_head owner_link;	/* owner->xmm->attached */
 	struct xpmem_tg *owner;		/* kref */
+	/*
+	 * The notifier of the mm it is mapped in, held as long as it may be
+	 * mapped: a later open there must not register anew (the registration's
+	 * mm_take_all_locks() would take our address_space locks).
+	 */
+	struct xpmem_mm *holder_xmm;
 	struct xpmem_user *user;
 	unsigned long owner_start;	/* the owner range it may reach */
 	unsigned long owner_end;
@@ -240,26 +259,37 @@ static bool xpmem_current_is_zapping(void)
 	return found;
 }
 
-/* Zaps every attacher's PTEs for [start, end) of @owner. */
-static void xpmem_zap(struct xpmem_tg *owner, unsigned long start, unsigned long end)
+static void xpmem_zapping_begin(struct xpmem_zap_marker *marker)
 {
-	struct xpmem_zap_marker marker = { .task = current };
+	marker->task = current;
+	spin_lock(&xpmem_zappers_lock);
+	list_add(&marker->link, &xpmem_zappers);
+	spin_unlock(&xpmem_zappers_lock);
+}
+
+static void xpmem_zapping_end(struct xpmem_zap_marker *marker)
+{
+	spin_lock(&xpmem_zappers_lock);
+	list_del(&marker->link);
+	spin_unlock(&xpmem_zappers_lock);
+}
+
+/* Zaps every attacher's PTEs for [start, end) of the memory of @xmm. */
+static void xpmem_zap(struct xpmem_mm *xmm, unsigned long start, unsigned long end)
+{
+	struct xpmem_zap_marker marker;
 
 	if (start >= end)
 		return;
-	spin_lock(&xpmem_zappers_lock);
-	list_add(&marker.link, &xpmem_zappers);
-	spin_unlock(&xpmem_zappers_lock);
-	unmap_mapping_range(owner->file->f_mapping, start, end - start, 1);
-	spin_lock(&xpmem_zappers_lock);
-	list_del(&marker.link);
-	spin_unlock(&xpmem_zappers_lock);
+	xpmem_zapping_begin(&marker);
+	unmap_mapping_range(xmm->file->f_mapping, start, end - start, 1);
+	xpmem_zapping_end(&marker);
 }
 
 struct xpmem_zap_work {
 	struct work_struct work;
 	struct completion done;
-	struct xpmem_tg *owner;
+	struct xpmem_mm *xmm;
 	unsigned long start, end;
 };
 
@@ -267,15 +297,15 @@ static void xpmem_zap_work_fn(struct work_struct *work)
 {
 	struct xpmem_zap_work *zap = container_of(work, struct xpmem_zap_work, work);
 
-	xpmem_zap(zap->owner, zap->start, zap->end);
+	xpmem_zap(zap->xmm, zap->start, zap->end);
 	complete(&zap->done);	/* last touch: the waiter's stack holds @zap */
 }
 
 /* xpmem_zap() for the notifier, which must not invalidate in its own context. */
-static void xpmem_zap_from_notifier(struct xpmem_tg *owner, unsigned long start,
+static void xpmem_zap_from_notifier(struct xpmem_mm *xmm, unsigned long start,
 				    unsigned long end)
 {
-	struct xpmem_zap_work zap = { .owner = owner, .start = start, .end = end };
+	struct xpmem_zap_work zap = { .xmm = xmm, .start = start, .end = end };
 
 	INIT_WORK_ONSTACK(&zap.work, xpmem_zap_work_fn);
 	init_completion(&zap.done);
@@ -289,10 +319,10 @@ static void xpmem_zap_from_notifier(struct xpmem_tg *owner, unsigned long start,
  * before it was marked revoked has mapped its pages once this returns, and
  * every later fault sees the mark. The caller zaps afterwards.
  */
-static void xpmem_fault_barrier(struct xpmem_tg *owner)
+static void xpmem_fault_barrier(struct xpmem_mm *xmm)
 {
-	mutex_lock(&owner->notifier_lock);
-	mutex_unlock(&owner->notifier_lock);
+	mutex_lock(&xmm->fault_lock);
+	mutex_unlock(&xmm->fault_lock);
 }
 
 /* ---- thread groups ------------------------------------------------------- */
@@ -301,7 +331,7 @@ static void xpmem_tg_free(struct kref *kref)
 {
 	struct xpmem_tg *tg = container_of(kref, struct xpmem_tg, kref);
 
-	fput(tg->file);
+	mmu_notifier_put(&tg->xmm->notifier);
 	mmdrop(tg->mm);
 	kfree(tg);
 	atomic_dec(&xpmem_nr_tgs);
@@ -312,53 +342,116 @@ static void xpmem_tg_put(struct xpmem_tg *tg)
 	kref_put(&tg->kref, xpmem_tg_free);
 }
 
-static bool xpmem_attached_overlaps(struct xpmem_tg *owner, unsigned long start,
+static bool xpmem_attached_overlaps(struct xpmem_mm *xmm, unsigned long start,
 				    unsigned long end)
 {
 	struct xpmem_attachment *att;
 	bool overlaps = false;
 
-	spin_lock(&owner->attached_lock);
-	list_for_each_entry(att, &owner->attached, owner_link) {
+	spin_lock(&xmm->attached_lock);
+	list_for_each_entry(att, &xmm->attached, owner_link) {
 		if (att->owner_start < end && start < att->owner_end) {
 			overlaps = true;
 			break;
 		}
 	}
-	spin_unlock(&owner->attached_lock);
+	spin_unlock(&xmm->attached_lock);
 	return overlaps;
 }
 
-static bool xpmem_invalidate(struct mmu_interval_notifier *notifier,
-			     const struct mmu_notifier_range *range,
-			     unsigned long cur_seq)
+static struct xpmem_mm *xpmem_mm_of(struct mmu_notifier *notifier)
 {
-	struct xpmem_tg *owner = container_of(notifier, struct xpmem_tg, notifier);
-	bool blockable = mmu_notifier_range_blockable(range);
-
-	if (xpmem_current_is_zapping())
-		return true;
-	/*
-	 * Always advance the sequence, even with nothing attached yet: an
-	 * attachment made during this invalidation must not fault in a page
-	 * the owner is about to drop.
-	 */
-	if (blockable)
-		mutex_lock(&owner->notifier_lock);
-	else if (!mutex_trylock(&owner->notifier_lock))
-		return false;
-	mmu_interval_set_seq(notifier, cur_seq);
-	mutex_unlock(&owner->notifier_lock);
-	if (!xpmem_attached_overlaps(owner, range->start, range->end))
-		return true;
-	if (!blockable)
-		return false;
-	xpmem_zap_from_notifier(owner, range->start, min(range->end, TASK_SIZE_MAX));
-	return true;
+	return container_of(notifier, struct xpmem_mm, notifier);
 }
 
-static const struct mmu_interval_notifier_ops xpmem_notifier_ops = {
-	.invalidate = xpmem_invalidate,
+static int xpmem_invalidate_start(struct mmu_notifier *notifier,
+				  const struct mmu_notifier_range *range)
+{
+	struct xpmem_mm *xmm = xpmem_mm_of(notifier);
+	bool blockable = mmu_notifier_range_blockable(range);
+	bool overlaps;
+
+	/* Nested in our own zap, which only invalidates attachment VMAs: skipped. */
+	if (xpmem_current_is_zapping())
+		return 0;
+	if (blockable)
+		mutex_lock(&xmm->fault_lock);
+	else if (!mutex_trylock(&xmm->fault_lock))
+		return -EAGAIN;
+	overlaps = xpmem_attached_overlaps(xmm, range->start, range->end);
+	if (overlaps && !blockable) {
+		mutex_unlock(&xmm->fault_lock);
+		return -EAGAIN;	/* no end call follows */
+	}
+	/* Counted even with nothing attached: an attachment made meanwhile waits. */
+	atomic_inc(&xmm->active);
+	xmm->seq++;
+	mutex_unlock(&xmm->fault_lock);
+	if (overlaps)
+		xpmem_zap_from_notifier(xmm, range->start, min(range->end, TASK_SIZE_MAX));
+	return 0;
+}
+
+static void xpmem_invalidate_end(struct mmu_notifier *notifier,
+				 const struct mmu_notifier_range *range)
+{
+	struct xpmem_mm *xmm = xpmem_mm_of(notifier);
+
+	if (xpmem_current_is_zapping())
+		return;	/* not counted either */
+	if (atomic_dec_and_test(&xmm->active) && wq_has_sleeper(&xmm->idle))
+		wake_up_all(&xmm->idle);
+}
+
+/* The mm is being torn down: no later invalidation reaches us. */
+static void xpmem_mm_release(struct mmu_notifier *notifier, struct mm_struct *mm)
+{
+	struct xpmem_mm *xmm = xpmem_mm_of(notifier);
+
+	mutex_lock(&xmm->fault_lock);
+	xmm->released = true;
+	xmm->seq++;
+	mutex_unlock(&xmm->fault_lock);
+	xpmem_zap(xmm, 0, TASK_SIZE_MAX);
+}
+
+static struct file *xpmem_attachments_file(void);
+
+static struct mmu_notifier *xpmem_mm_alloc(struct mm_struct *mm)
+{
+	struct xpmem_mm *xmm = kzalloc(sizeof(*xmm), GFP_KERNEL_ACCOUNT);
+	struct file *file;
+
+	if (!xmm)
+		return ERR_PTR(-ENOMEM);
+	file = xpmem_attachments_file();
+	if (IS_ERR(file)) {
+		kfree(xmm);
+		return ERR_CAST(file);
+	}
+	xmm->file = file;
+	mutex_init(&xmm->fault_lock);
+	atomic_set(&xmm->active, 0);
+	init_waitqueue_head(&xmm->idle);
+	spin_lock_init(&xmm->attached_lock);
+	INIT_LIST_HEAD(&xmm->attached);
+	return &xmm->notifier;
+}
+
+static void xpmem_mm_free(struct mmu_notifier *notifier)
+{
+	struct xpmem_mm *xmm = xpmem_mm_of(notifier);
+
+	fput(xmm->file);
+	kfree(xmm);
+}
+
+static const struct mmu_notifier_ops xpmem_notifier_ops = {
+	.release = xpmem_mm_release,
+	.invalidate_range_start = xpmem_invalidate_start,
+	.invalidate_range_end = xpmem_invalidate_end,
+	.alloc_notifier = xpmem_mm_alloc,
+	.free_notifier = xpmem_mm_free,
 };
 
 /* ---- segments, permits, attachments: table side ------------------------- */
@@ -383,6 +476,7 @@ static void xpmem_attachment_free(struct kref *kref)
 	struct xpmem_attachment *att = container_of(kref, struct xpmem_attachment, kref);
 
 	xpmem_tg_put(att->owner);
+	mmu_notifier_put(&att->holder_xmm->notifier);
 	kfree(att);
 	atomic_dec(&xpmem_nr_attachments);
 }
@@ -408,11 +502,11 @@ static void xpmem_take_attachment(struct xpmem_attachment *att)
 /* The last step of taking @att out: it no longer needs invalidations. */
 static void xpmem_forget_attachment(struct xpmem_attachment *att)
 {
-	struct xpmem_tg *owner = att->owner;
+	struct xpmem_mm *xmm = att->owner->xmm;
 
-	spin_lock(&owner->attached_lock);
+	spin_lock(&xmm->attached_lock);
 	list_del_init(&att->owner_link);
-	spin_unlock(&owner->attached_lock);
+	spin_unlock(&xmm->attached_lock);
 	xpmem_attachment_put(att);	/* the table's */
 }
 
@@ -486,8 +580,8 @@ static void xpmem_permit_finish(struct xpmem_permit *permit, struct list_head *t
 	struct xpmem_segment *seg = permit->seg;
 	struct xpmem_attachment *att, *next;
 
-	xpmem_fault_barrier(seg->owner);
-	xpmem_zap(seg->owner, seg->vaddr, seg->vaddr + seg->size);
+	xpmem_fault_barrier(seg->owner->xmm);
+	xpmem_zap(seg->owner->xmm, seg->vaddr, seg->vaddr + seg->size);
 	list_for_each_entry_safe(att, next, taken, permit_link) {
 		list_del_init(&att->permit_link);
 		if (unmap)
@@ -554,17 +648,56 @@ static enum xpmem_owner_lock xpmem_lock_owner_mm(struct vm_fault *vmf, struct mm
 	return mmap_read_trylock(mm) ? XPMEM_OWNER_LOCKED : XPMEM_OWNER_BUSY;
 }
 
-/* What a fault returns when the owner's mmap_lock is taken. */
+/*
+ * Whether the fault may drop the attacher's lock, wait and be retried; if so,
+ * this drops the lock. @ret is what the fault returns either way: NOPAGE
+ * where it cannot be retried (the caller retries the access), RETRY else.
+ */
+static bool xpmem_fault_may_wait(struct vm_fault *vmf, vm_fault_t *ret)
+{
+	*ret = VM_FAULT_NOPAGE;
+	if (!(vmf->flags & FAULT_FLAG_ALLOW_RETRY))
+		return false;
+	*ret = VM_FAULT_RETRY;
+	if (vmf->flags & FAULT_FLAG_RETRY_NOWAIT)
+		return false;
+	xpmem_release_fault_lock(vmf);
+	return true;
+}
+
+/* The owner's mmap_lock is taken: wait for it without ours, then retry. */
 static vm_fault_t xpmem_owner_busy(struct vm_fault *vmf, struct mm_struct *mm)
 {
-	if (!(vmf->flags & FAULT_FLAG_ALLOW_RETRY))
-		return VM_FAULT_NOPAGE;		/* the caller retries the access */
-	if (vmf->flags & FAULT_FLAG_RETRY_NOWAIT)
-		return VM_FAULT_RETRY;
-	xpmem_release_fault_lock(vmf);
-	if (!mmap_read_lock_killable(mm))	/* wait for the owner, then retry */
+	vm_fault_t ret;
+
+	if (xpmem_fault_may_wait(vmf, &ret) && !mmap_read_lock_killable(mm))
 		mmap_read_unlock(mm);
-	return VM_FAULT_RETRY;
+	return ret;
+}
+
+/*
+ * The owner is changing its memory: wait until it is done, without our lock
+ * and killably (the owner decides how long that takes), then retry.
+ */
+static vm_fault_t xpmem_owner_changing(struct vm_fault *vmf, struct xpmem_mm *xmm)
+{
+	vm_fault_t ret;
+
+	if (xpmem_fault_may_wait(vmf, &ret))
+		wait_event_killable(xmm->idle, !atomic_read(&xmm->active));
+	return ret;
+}
+
+/* Samples the invalidation count of @xmm; false while an invalidation runs. */
+static bool xpmem_fault_begin(struct xpmem_mm *xmm, unsigned long *seq)
+{
+	bool idle;
+
+	mutex_lock(&xmm->fault_lock);
+	*seq = xmm->seq;
+	idle = !atomic_read(&xmm->active);
+	mutex_unlock(&xmm->fault_lock);
+	return idle;
 }
 
 /*
@@ -598,11 +731,16 @@ static int xpmem_no_pte_change(pte_t *pte, unsigned long address, void *data)
 	return 0;
 }
 
-/* Whether a fault that began at @seq may map @att's pages. Under notifier_lock. */
+/*
+ * Whether a fault that began at @seq may map @att's pages: no invalidation
+ * began since (none was running then), nothing revoked. Under fault_lock.
+ */
 static bool xpmem_may_map(struct xpmem_attachment *att, unsigned long seq)
 {
-	return !mmu_interval_read_retry(&att->owner->notifier, seq) &&
-	       !READ_ONCE(att->revoked) && !att->owner->dead;
+	struct xpmem_mm *xmm = att->owner->xmm;
+
+	return xmm->seq == seq && !xmm->released && !READ_ONCE(att->revoked) &&
+	       !att->owner->dead;
 }
 
 /* The owner address a fault at @vmf reaches; false if it may reach none. */
@@ -615,16 +753,17 @@ static bool xpmem_fault_target(struct vm_fault *vmf, unsigned long *address)
 	       *address < att->owner_end;
 }
 
-/* Maps @got owner pages at the fault address; the caller checked xpmem_may_map(). */
-static vm_fault_t xpmem_insert(struct vm_fault *vmf, struct page **pages, long got, bool write)
+/*
+ * Maps @got owner pages at the fault address, writable if @writable; the
+ * caller checked xpmem_may_map().
+ */
+static vm_fault_t xpmem_insert(struct vm_fault *vmf, struct page **pages, long got,
+			       bool writable)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	vm_fault_t ret = VM_FAULT_NOPAGE;
-	/*
-	 * A read maps read-only: a later write breaks COW first. Not
-	 * vma->vm_page_prot: having pfn_mkwrite makes it write-protected.
-	 */
-	pgprot_t prot = vm_get_page_prot(write ? vma->vm_flags : vma->vm_flags & ~VM_WRITE);
+	/* Not vma->vm_page_prot: having pfn_mkwrite makes it write-protected. */
+	pgprot_t prot = vm_get_page_prot(writable ? vma->vm_flags : vma->vm_flags & ~VM_WRITE);
 	long i;
 
 	for (i = 0; i < got; i++) {
@@ -676,59 +815,84 @@ static vm_fault_t xpmem_wait_for_owner_handler(struct vm_fault *vmf, struct mm_s
 	return VM_FAULT_RETRY;
 }
 
+/*
+ * Looks the owner's pages up for a fault. A read in a writable attachment
+ * maps writable what the owner can already write without a fault (a later
+ * store then costs nothing), the rest read-only (a later store breaks the
+ * owner's COW first, in pfn_mkwrite). Returns how many, or -VM_FAULT code.
+ */
+static long xpmem_lookup(struct vm_fault *vmf, struct mm_struct *mm, unsigned long address,
+			 unsigned long nr, unsigned int gup_flags, bool *writable,
+			 struct page **pages)
+{
+	bool write = vmf->flags & FAULT_FLAG_WRITE;
+	long got;
+
+	*writable = write;
+	if (!write && (vmf->vma->vm_flags & VM_WRITE)) {
+		got = xpmem_gup_remote(mm, address, nr, FOLL_WRITE | FOLL_NOFAULT, pages, NULL);
+		if (got > 0) {
+			*writable = true;
+			return got;
+		}
+	}
+	return xpmem_get_owner_pages(mm, address, nr, gup_flags | (write ? FOLL_WRITE : 0),
+				     pages);
+}
+
 static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
 			    unsigned long address)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct xpmem_attachment *att = vma->vm_private_data;
+	struct xpmem_mm *xmm = owner->xmm;
 	struct mm_struct *mm = owner->mm;
-	bool write = vmf->flags & FAULT_FLAG_WRITE;
 	struct page *pages[XPMEM_FAULT_PAGES];
 	enum xpmem_owner_lock lock;
-	unsigned int gup_flags;
+	bool owner_handles, writable;
 	unsigned long nr, seq;
-	bool owner_handles;
 	vm_fault_t ret;
 	long got;
 
 	nr = min3((unsigned long)clamp_val(READ_ONCE(fault_pages), 1, XPMEM_FAULT_PAGES),
 		  (vma->vm_end - vmf->address) >> PAGE_SHIFT,
 		  (att->owner_end - address) >> PAGE_SHIFT);
-	seq = mmu_interval_read_begin(&owner->notifier);
+	if (!xpmem_fault_begin(xmm, &seq))
+		return xpmem_owner_changing(vmf, xmm);	/* @att may be gone after this */
 	lock = xpmem_lock_owner_mm(vmf, mm);
 	if (lock == XPMEM_OWNER_BUSY)
-		return xpmem_owner_busy(vmf, mm);	/* @att may be gone after this */
+		return xpmem_owner_busy(vmf, mm);
 	/*
 	 * Where the owner handles its own faults (userfaultfd), GUP must not
 	 * fault under our lock: it could not wait for the handler.
 	 */
 	owner_handles = xpmem_owner_handles_faults(mm, address, &nr);
-	gup_flags = write ? FOLL_WRITE : 0;
-	got = xpmem_get_owner_pages(mm, address, nr,
-				    gup_flags | (owner_handles ? FOLL_NOFAULT : 0), pages);
+	got = xpmem_lookup(vmf, mm, address, nr, owner_handles ? FOLL_NOFAULT : 0, &writable,
+			   pages);
 	if (got < 0 && owner_handles) {
 		if (fault_flag_allow_retry_first(vmf->flags) &&
 		    !(vmf->flags & FAULT_FLAG_RETRY_NOWAIT)) {
 			if (lock == XPMEM_OWNER_LOCKED)
 				mmap_read_unlock(mm);
-			return xpmem_wait_for_owner_handler(vmf, mm, address, write);
+			return xpmem_wait_for_owner_handler(vmf, mm, address,
+							    vmf->flags & FAULT_FLAG_WRITE);
 		}
-		got = xpmem_get_owner_pages(mm, address, 1, gup_flags, pages);
+		got = xpmem_lookup(vmf, mm, address, 1, 0, &writable, pages);
 	}
 	if (lock == XPMEM_OWNER_LOCKED)
 		mmap_read_unlock(mm);
 	if (got < 0)
 		return (vm_fault_t)-got;
-	/* Page tables now: allocating under notifier_lock could recurse into it via reclaim. */
+	/* Page tables now: allocating under fault_lock could recurse into it via reclaim. */
 	if (apply_to_page_range(vma->vm_mm, vmf->address, got << PAGE_SHIFT,
 				xpmem_no_pte_change, NULL)) {
 		xpmem_put_pages(pages, got);
 		return VM_FAULT_OOM;
 	}
-	mutex_lock(&owner->notifier_lock);
+	mutex_lock(&xmm->fault_lock);
 	/* Otherwise the CPU retries the access and faults afresh (SIGBUS once revoked). */
-	ret = xpmem_may_map(att, seq) ? xpmem_insert(vmf, pages, got, write) : VM_FAULT_NOPAGE;
-	mutex_unlock(&owner->notifier_lock);
+	ret = xpmem_may_map(att, seq) ? xpmem_insert(vmf, pages, got, writable) : VM_FAULT_NOPAGE;
+	mutex_unlock(&xmm->fault_lock);
 	xpmem_put_pages(pages, got);
 	return ret;
 }
@@ -771,20 +935,20 @@ static vm_fault_t xpmem_fault(struct vm_fault *vmf)
 }
 
 /*
- * A write to a page mapped read-only (after a read fault, or an mprotect()
- * round trip). If the owner's page there is writable and still the one
- * mapped, let the kernel make the PTE writable. Never waits for the owner's
- * mmap_lock: this path cannot drop the attacher's.
+ * A store to a page mapped read-only. Breaks the owner's COW there (or finds
+ * the page read-only in the owner: SIGSEGV), then drops our PTE: the store
+ * faults again, and that fault maps the page writable under fault_lock. Never
+ * waits for the owner's mmap_lock: this path cannot drop the attacher's.
  */
 static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 {
-	struct xpmem_attachment *att = vmf->vma->vm_private_data;
+	vm_fault_t ret = VM_FAULT_NOPAGE;
+	unsigned long address, nr = 1;
+	struct xpmem_zap_marker marker;
 	enum xpmem_owner_lock lock;
-	unsigned long address, seq, nr;
 	struct xpmem_tg *owner;
-	bool owner_handles;
+	unsigned int nofault;
 	struct page *page;
-	vm_fault_t ret;
 	long got;
 
 	if (!xpmem_fault_target(vmf, &address))
@@ -792,38 +956,24 @@ static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 	owner = xpmem_fault_owner(vmf);
 	if (!owner)
 		return VM_FAULT_SIGBUS;
-	seq = mmu_interval_read_begin(&owner->notifier);
 	lock = xpmem_lock_owner_mm(vmf, owner->mm);
-	if (lock == XPMEM_OWNER_BUSY) {
-		ret = VM_FAULT_NOPAGE;		/* the CPU retries the store */
-		goto out;
+	if (lock != XPMEM_OWNER_BUSY) {
+		/* An owner with userfaultfd: only ->fault can wait for its handler. */
+		nofault = xpmem_owner_handles_faults(owner->mm, address, &nr) ? FOLL_NOFAULT : 0;
+		got = xpmem_get_owner_pages(owner->mm, address, 1, FOLL_WRITE | nofault, &page);
+		if (lock == XPMEM_OWNER_LOCKED)
+			mmap_read_unlock(owner->mm);
+		if (got > 0)
+			put_page(page);
+		else if (!nofault)
+			ret = (vm_fault_t)-got;
 	}
-	/* No faults in an owner with userfaultfd here: only ->fault can wait. */
-	nr = 1;
-	owner_handles = xpmem_owner_handles_faults(owner->mm, address, &nr);
-	got = xpmem_get_owner_pages(owner->mm, address, 1,
-				    FOLL_WRITE | (owner_handles ? FOLL_NOFAULT : 0), &page);
-	if (lock == XPMEM_OWNER_LOCKED)
-		mmap_read_unlock(owner->mm);
-	if (got < 0 && owner_handles) {
-		zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
-		ret = VM_FAULT_NOPAGE;	/* the write faults again, through ->fault */
-		goto out;
-	}
-	if (got < 0) {
-		ret = (vm_fault_t)-got;
-		goto out;
-	}
-	mutex_lock(&owner->notifier_lock);
-	ret = xpmem_may_map(att, seq) && page_to_pfn(page) == pte_pfn(vmf->orig_pte) ?
-		0 : VM_FAULT_NOPAGE;
-	mutex_unlock(&owner->notifier_lock);
-	put_page(page);
-	/* A different page: an invalidation is zapping ours; make sure, then refault. */
-	if (ret == VM_FAULT_NOPAGE)
-		zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
-out:
 	xpmem_fault_owner_put(owner);
+	if (ret == VM_FAULT_NOPAGE) {
+		xpmem_zapping_begin(&marker);
+		zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
+		xpmem_zapping_end(&marker);
+	}
 	return ret;
 }
 
@@ -850,7 +1000,7 @@ static int xpmem_mmap(struct file *file, struct vm_area_struct *vma)
 	if (!att || tg->pending_task != current || !xpmem_is_opener(tg))
 		return -EINVAL;
 	/* Into the owner's address_space: its invalidations find this VMA. */
-	vma_set_file(vma, att->owner->file);
+	vma_set_file(vma, att->owner->xmm->file);
 	vma->vm_ops = &xpmem_vm_ops;
 	vma->vm_private_data = att;
 	xpmem_vm_flags_set(vma, VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP |
@@ -924,8 +1074,8 @@ static long xpmem_make(struct xpmem_tg *tg, struct xpmem_cmd_make __user *arg)
 /* Revokes a removed segment's attachments; drops the table's reference. */
 static void xpmem_segment_finish(struct xpmem_segment *seg)
 {
-	xpmem_fault_barrier(seg->owner);
-	xpmem_zap(seg->owner, seg->vaddr, seg->vaddr + seg->size);
+	xpmem_fault_barrier(seg->owner->xmm);
+	xpmem_zap(seg->owner->xmm, seg->vaddr, seg->vaddr + seg->size);
 	xpmem_segment_put(seg);
 }
 
@@ -1074,9 +1224,9 @@ static int xpmem_attachment_add(struct xpmem_attachment *att, struct xpmem_permi
 	att->permit = permit;
 	list_add(&att->permit_link, &permit->attachments);
 	/* Here, not later: a release may forget it as soon as xpmem_lock drops. */
-	spin_lock(&att->owner->attached_lock);
-	list_add(&att->owner_link, &att->owner->attached);
-	spin_unlock(&att->owner->attached_lock);
+	spin_lock(&att->owner->xmm->attached_lock);
+	list_add(&att->owner_link, &att->owner->xmm->attached);
+	spin_unlock(&att->owner->xmm->attached_lock);
 	atomic_inc(&xpmem_nr_attachments);
 	return 0;
 }
@@ -1099,6 +1249,7 @@ static long xpmem_attach(struct file *file, struct xpmem_tg *tg,
 			 struct xpmem_cmd_attach __user *arg)
 {
 	struct xpmem_cmd_attach cmd;
+	struct mmu_notifier *notifier;
 	struct xpmem_permit *permit;
 	struct xpmem_attachment *att;
 	unsigned long address, size;
@@ -1117,6 +1268,12 @@ static long xpmem_attach(struct file *file, struct xpmem_tg *tg,
 	att = kzalloc(sizeof(*att), GFP_KERNEL_ACCOUNT);
 	if (!att)
 		return -ENOMEM;
+	notifier = mmu_notifier_get(&xpmem_notifier_ops, current->mm);	/* tg->xmm's */
+	if (IS_ERR(notifier)) {
+		kfree(att);
+		return PTR_ERR(notifier);
+	}
+	att->holder_xmm = xpmem_mm_of(notifier);
 	kref_init(&att->kref);
 	INIT_LIST_HEAD(&att->permit_link);
 	INIT_LIST_HEAD(&att->owner_link);
@@ -1124,8 +1281,11 @@ static long xpmem_attach(struct file *file, struct xpmem_tg *tg,
 	mutex_lock(&xpmem_lock);
 	permit = xpmem_permit_of(tg, cmd.apid);
 	ret = permit ? xpmem_attachment_add(att, permit, cmd.offset, size) : -EINVAL;
+	if (!ret)
+		kref_get(&att->kref);	/* ours: a release may forget it any time now */
 	mutex_unlock(&xpmem_lock);
 	if (ret) {
+		mmu_notifier_put(notifier);
 		kfree(att);
 		return ret;
 	}
@@ -1141,16 +1301,18 @@ static long xpmem_attach(struct file *file, struct xpmem_tg *tg,
 	mutex_unlock(&tg->attach_lock);
 	if (IS_ERR_VALUE(address)) {
 		xpmem_attachment_undo(att);
-		return (long)address;
-	}
-	/* Revoked while being mapped (a release or removal meanwhile): undo. */
-	if (READ_ONCE(att->revoked)) {
+		ret = (long)address;
+	} else if (READ_ONCE(att->revoked)) {
+		/* Revoked while being mapped (a release or removal meanwhile): undo. */
 		vm_munmap(address, size);
 		xpmem_attachment_undo(att);
-		return -ENOENT;
+		ret = -ENOENT;
+	} else {
+		/* The VMA holds a reference now; the table's goes at detach or release. */
+		ret = put_user((u64)address, &arg->vaddr);
 	}
-	/* The VMA holds a reference now; the table's goes at detach or release. */
-	return put_user((u64)address, &arg->vaddr);
+	xpmem_attachment_put(att);
+	return ret;
 }
 
 static long xpmem_detach(struct xpmem_tg *tg, struct xpmem_cmd_detach __user *arg)
@@ -1184,8 +1346,8 @@ static long xpmem_detach(struct xpmem_tg *tg, struct xpmem_cmd_detach __user *ar
 		xpmem_take_attachment(att);
 	mutex_unlock(&xpmem_lock);
 	if (listed) {
-		xpmem_fault_barrier(att->owner);
-		xpmem_zap(att->owner, att->owner_start, att->owner_end);
+		xpmem_fault_barrier(att->owner->xmm);
+		xpmem_zap(att->owner->xmm, att->owner_start, att->owner_end);
 	}
 	ret = xpmem_unmap_attachment(att);
 	if (listed)
@@ -1229,8 +1391,8 @@ static const struct file_operations xpmem_owner_fops = {
 	.owner = THIS_MODULE,
 };
 
-/* The pseudo file whose address_space holds the attachments of a new owner. */
-static struct file *xpmem_owner_file(void)
+/* The pseudo file whose address_space holds the attachments of an mm's memory. */
+static struct file *xpmem_attachments_file(void)
 {
 	struct inode *inode;
 	struct file *file;
@@ -1249,38 +1411,28 @@ static struct file *xpmem_owner_file(void)
 
 static int xpmem_open(struct inode *inode, struct file *file)
 {
+	struct mmu_notifier *notifier;
 	struct xpmem_tg *tg;
-	int ret;
 
 	if (!current->mm)
 		return -EINVAL;
 	tg = kzalloc(sizeof(*tg), GFP_KERNEL_ACCOUNT);
 	if (!tg)
 		return -ENOMEM;
-	tg->file = xpmem_owner_file();
-	if (IS_ERR(tg->file)) {
-		ret = PTR_ERR(tg->file);
+	/* The mm's first open registers; later ones share its notifier. */
+	notifier = mmu_notifier_get(&xpmem_notifier_ops, current->mm);
+	if (IS_ERR(notifier)) {
 		kfree(tg);
-		return ret;
+		return PTR_ERR(notifier);
 	}
+	tg->xmm = xpmem_mm_of(notifier);
 	kref_init(&tg->kref);
 	tg->tgid = current->tgid;
 	tg->mm = current->mm;
 	mmgrab(tg->mm);
-	mutex_init(&tg->notifier_lock);
 	mutex_init(&tg->attach_lock);
-	spin_lock_init(&tg->attached_lock);
-	INIT_LIST_HEAD(&tg->attached);
 	INIT_LIST_HEAD(&tg->segments);
 	INIT_LIST_HEAD(&tg->permits);
-	ret = mmu_interval_notifier_insert(&tg->notifier, tg->mm, 0, TASK_SIZE_MAX,
-					   &xpmem_notifier_ops);
-	if (ret) {
-		fput(tg->file);
-		mmdrop(tg->mm);
-		kfree(tg);
-		return ret;
-	}
 	file->private_data = tg;
 	atomic_inc(&xpmem_nr_tgs);
 	return 0;
@@ -1318,12 +1470,11 @@ static int xpmem_release_file(struct inode *inode, struct file *file)
 		list_add(&seg->owner_link, &removed);
 	}
 	mutex_unlock(&xpmem_lock);
-	/* No fault maps our pages from here on; nothing needs our notifier then. */
-	mutex_lock(&tg->notifier_lock);
+	/* No fault maps our pages through our segments from here on. */
+	mutex_lock(&tg->xmm->fault_lock);
 	tg->dead = true;
-	mutex_unlock(&tg->notifier_lock);
-	xpmem_zap(tg, 0, TASK_SIZE_MAX);
-	mmu_interval_notifier_remove(&tg->notifier);
+	mutex_unlock(&tg->xmm->fault_lock);
+	xpmem_zap(tg->xmm, 0, TASK_SIZE_MAX);
 	list_for_each_entry_safe(seg, next, &removed, owner_link) {
 		list_del_init(&seg->owner_link);
 		xpmem_segment_put(seg);	/* the table's */
@@ -1403,6 +1554,7 @@ static void __exit xpmem_exit(void)
 {
 	debugfs_remove(xpmem_debugfs);
 	misc_deregister(&xpmem_device);
+	mmu_notifier_synchronize();	/* notifiers put last run xpmem_mm_free() */
 	kern_unmount(xpmem_mnt);
 	destroy_workqueue(xpmem_zap_wq);
 }

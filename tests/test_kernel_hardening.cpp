@@ -337,6 +337,102 @@ TEST_P(KernelHardening, MutualAttachmentsNeverDeadlockAgainstMmap) {
     EXPECT_TRUE(second.exited_ok()) << second.describe();
 }
 
+// One thread attaches through fresh permits while another releases each permit as soon
+// as it is published and a third detaches: an attachment released while its attach is
+// still mapping it must be undone, never used after it was freed (KASAN, or refcount
+// warnings in the kernel log, would tell; the counters must come back to zero).
+TEST_P(KernelHardening, AttachRacingReleaseAndDetach) {
+    xt::Process process([&] {
+        RawDevice device;
+        auto memory = anonymous(16 * kPage);
+        std::memset(memory.data(), 0x5a, memory.size());
+        xpmem_segid_t segid = device.make(memory, 0600);
+        std::atomic<xpmem_apid_t> published{0};
+        std::atomic<std::uintptr_t> mapped{0};
+        std::atomic<bool> stop{false};
+        std::thread releaser([&] {
+            while (!stop) {
+                xpmem_cmd_release release{published.exchange(0)};
+                if (release.apid != 0) ioctl(device.fd(), XPMEM_CMD_RELEASE, &release);
+            }
+        });
+        std::thread detacher([&] {
+            while (!stop) {
+                xpmem_cmd_detach detach{mapped.exchange(0)};
+                if (detach.vaddr != 0) ioctl(device.fd(), XPMEM_CMD_DETACH, &detach);
+            }
+        });
+        int attached = 0;
+        for (auto end = std::chrono::steady_clock::now() + 2s; std::chrono::steady_clock::now() < end;) {
+            xpmem_apid_t apid = device.get(segid);
+            published = apid;
+            xpmem_cmd_attach attach{};
+            attach.apid = apid;
+            attach.size = memory.size();
+            attach.fd = -1;
+            if (ioctl(device.fd(), XPMEM_CMD_ATTACH, &attach) == 0) {
+                ++attached;
+                auto *view = reinterpret_cast<std::byte *>(attach.vaddr);
+                int signal = signal_on_read(view);
+                CHILD_CHECK(signal == SIGBUS || (signal == 0 && read_byte(view) == std::byte{0x5a}) ||
+                            signal == SIGSEGV);  // detached meanwhile
+                mapped = attach.vaddr;
+            }
+            xpmem_cmd_release release{published.exchange(0)};
+            if (release.apid != 0) ioctl(device.fd(), XPMEM_CMD_RELEASE, &release);
+        }
+        stop = true;
+        releaser.join();
+        detacher.join();
+        std::printf("attach/release race: %d attaches succeeded\n", attached);
+    });
+    EXPECT_CHILD_OK(process);
+}
+
+// An owner changing its memory from many threads at once cannot hold an attacher in
+// an uninterruptible wait: the attacher's faults wait killably, and it dies at once when
+// killed, whatever the owner does.
+TEST_P(KernelHardening, OwnerInvalidationStormLeavesAttacherKillable) {
+    constexpr std::size_t kPages = 64;
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(kPages * kPage);
+        auto segment = xpmem::Segment::make(memory, 0666);
+        channel.send_a(segment.id());
+        std::atomic<bool> stop{false};
+        std::vector<std::thread> stormers;
+        for (std::size_t slice = 0; slice < 8; ++slice) {
+            stormers.emplace_back([&, slice] {
+                auto range = memory.subspan(slice * 8 * kPage, 8 * kPage);
+                while (!stop) madvise(range.data(), range.size(), MADV_DONTNEED);
+            });
+        }
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // the attacher was killed
+        stop = true;
+        for (auto &thread : stormers) thread.join();
+    });
+    xt::Channel ready;
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem_segid_t>());
+        auto view = permit.attach(0, kPages * kPage);
+        ready.send_b(1);
+        for (;;)
+            for (std::size_t page = 0; page < kPages; ++page) (void)read_byte(view.data() + page * kPage);
+    });
+    ASSERT_EQ(ready.receive_a<int>(), 1);
+    std::this_thread::sleep_for(2s);  // deep in the storm
+    ASSERT_EQ(kill(attacher.pid(), SIGKILL), 0);
+    auto killed_at = std::chrono::steady_clock::now();
+    xt::Status status = attacher.wait(60s);
+    auto took = std::chrono::steady_clock::now() - killed_at;
+    EXPECT_EQ(status.signal(), SIGKILL) << status.describe();
+    EXPECT_LT(took, 10s) << "the killed attacher took "
+                         << std::chrono::duration_cast<std::chrono::seconds>(took).count()
+                         << " s to die";
+    channel.send_b(1);
+    EXPECT_CHILD_OK(owner);
+}
+
 // A userfaultfd that also serves the kernel's own accesses (GUP), or -1 where this uid may
 // not create one (vm.unprivileged_userfaultfd=0).
 int full_userfaultfd() {
