@@ -125,15 +125,19 @@ void jump_out(int signal) {
     siglongjmp(fault_jump, signal);
 }
 
-// The signal the calling process gets reading `address` (SIGBUS or SIGSEGV), 0 if none.
-// In-process: attachments are not inherited, so a forked reader would see nothing.
-int signal_on_read(const std::byte *address) {
+// The signal the calling process gets reading `address` (SIGBUS or SIGSEGV), 0 if none
+// (then the byte read is in `*value`, if given). In-process: attachments are not
+// inherited, so a forked reader would see nothing.
+int signal_on_read(const std::byte *address, std::byte *value = nullptr) {
     struct sigaction handler {}, old_bus{}, old_segv{};
     handler.sa_handler = jump_out;
     sigaction(SIGBUS, &handler, &old_bus);
     sigaction(SIGSEGV, &handler, &old_segv);
     int caught = sigsetjmp(fault_jump, 1);
-    if (caught == 0) (void)read_byte(address);
+    if (caught == 0) {
+        std::byte seen = read_byte(address);
+        if (value != nullptr) *value = seen;
+    }
     sigaction(SIGBUS, &old_bus, nullptr);
     sigaction(SIGSEGV, &old_segv, nullptr);
     return caught;
@@ -372,10 +376,12 @@ TEST_P(KernelHardening, AttachRacingReleaseAndDetach) {
             attach.fd = -1;
             if (ioctl(device.fd(), XPMEM_CMD_ATTACH, &attach) == 0) {
                 ++attached;
-                auto *view = reinterpret_cast<std::byte *>(attach.vaddr);
-                int signal = signal_on_read(view);
-                CHILD_CHECK(signal == SIGBUS || (signal == 0 && read_byte(view) == std::byte{0x5a}) ||
-                            signal == SIGSEGV);  // detached meanwhile
+                std::byte seen{};
+                // SIGBUS once released; SIGSEGV once detached (the detacher may hold an
+                // earlier attachment's address, which this one reused).
+                int signal = signal_on_read(reinterpret_cast<std::byte *>(attach.vaddr), &seen);
+                CHILD_CHECK(signal == SIGBUS || signal == SIGSEGV ||
+                            (signal == 0 && seen == std::byte{0x5a}));
                 mapped = attach.vaddr;
             }
             xpmem_cmd_release release{published.exchange(0)};
