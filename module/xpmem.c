@@ -1516,9 +1516,12 @@ static int xpmem_init_fs_context(struct fs_context *fc)
 	return init_pseudo(fc, XPMEM_MAGIC) ? 0 : -ENOMEM;
 }
 
+/*
+ * No .owner: the internal mount lives from init to exit and would pin the
+ * module for good. The files on it pin the module instead (xpmem_owner_fops).
+ */
 static struct file_system_type xpmem_fs_type = {
 	.name = "xpmem",
-	.owner = THIS_MODULE,
 	.init_fs_context = xpmem_init_fs_context,
 	.kill_sb = kill_anon_super,
 };
