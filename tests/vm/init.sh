@@ -14,9 +14,11 @@ mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 (sleep "$(cat /watchdog)"; echo w >/proc/sysrq-trigger; for i in 1 2 3; do echo l >/proc/sysrq-trigger; sleep 1; done) &
 echo "guest: kernel $(uname -r)"
 
+debug_kernel=0
 fail() {
     echo "guest: FAIL: $*"
-    dmesg | tail -40
+    # The debug kernel's console already shows its warnings (and the host prints them).
+    [ $debug_kernel = 1 ] || dmesg | tail -40
     /bin/guest_tool exit 17
 }
 
@@ -24,13 +26,12 @@ fail() {
 # kmemleak scans only by hand; suspects from the boot do not count.
 kmemleak=/sys/kernel/debug/kmemleak
 reports='BUG:|WARNING:|Oops|general protection|Call Trace|possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage|INFO: task .* blocked for more than|unreferenced object'
-debug_kernel=0
 if [ -e /debug-kernel ]; then
     debug_kernel=1
     echo "guest: debug kernel, hung-task timeout $(cat /proc/sys/kernel/hung_task_timeout_secs) s"
     [ -w $kmemleak ] || fail "the debug kernel has no $kmemleak"
     grep -q "debug_locks: *1$" /proc/lockdep_stats || fail "lockdep is off before insmod"
-    dmesg | grep -E "$reports" && fail "kernel reports before insmod"
+    dmesg | grep -E "$reports" | sed 's/^/guest: dmesg: /' | grep . && fail "kernel reports before insmod"
     echo scan=off >$kmemleak
     sleep 6  # kmemleak reports only objects older than 5 s
     echo scan >$kmemleak
@@ -93,9 +94,11 @@ if [ $debug_kernel = 1 ]; then
         fi
     fi
     rmmod xpmem || echo "guest: rmmod failed, module refcount $(cat /sys/module/xpmem/refcnt)"
-    if dmesg | grep -E "$reports"; then
+    if dmesg | grep -E "$reports" | sed 's/^/guest: dmesg: /' | grep .; then
         problems="$problems kernel-reports"
     fi
+    # Off after a lockdep report, but also after a KASAN report or anything else
+    # that taints the kernel with lockdep's "now unreliable".
     grep -q "debug_locks: *1$" /proc/lockdep_stats || problems="$problems lockdep-off"
     [ -z "$problems" ] || fail "debug kernel:$problems"
     echo "guest: PASS"

@@ -39,7 +39,7 @@ DEBUG_SLOWDOWN=4
 # run: they are not skipped.
 if [[ " $kernels " == *" debug "* ]]; then
     debug_packages=${XPMEM_DEBUG_KERNELS:-$(pwd)/../shared/kernels}
-    [[ $debug_packages == /* ]] || debug_packages=$caller/$debug_packages
+    debug_packages=$(cd "$caller" && realpath -m -- "$debug_packages")
     debug_image=$(find "$debug_packages" -maxdepth 1 -name 'linux-image-*_amd64.deb' \
         ! -name 'linux-image-*-dbg_*' 2>/dev/null | sort -V | tail -1 || true)
     debug_headers=
