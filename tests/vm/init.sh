@@ -28,7 +28,7 @@ kmemleak=/sys/kernel/debug/kmemleak
 reports='BUG:|WARNING:|Oops|general protection|Call Trace|possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage|INFO: task .* blocked for more than|unreferenced object'
 if [ -e /debug-kernel ]; then
     debug_kernel=1
-    echo "guest: debug kernel, hung-task timeout $(cat /proc/sys/kernel/hung_task_timeout_secs) s"
+    echo "guest: debug kernel, hung-task timeout $(cat /proc/sys/kernel/hung_task_timeout_secs) s, panic $(cat /proc/sys/kernel/hung_task_panic)"
     [ -w $kmemleak ] || fail "the debug kernel has no $kmemleak"
     grep -q "debug_locks: *1$" /proc/lockdep_stats || fail "lockdep is off before insmod"
     dmesg | grep -E "$reports" | sed 's/^/guest: dmesg: /' | grep . && fail "kernel reports before insmod"

@@ -19,7 +19,7 @@
 #   XPMEM_VM_DEBUG="PROGRAM [ARGS]"  also copy a static PROGRAM into the guest and run it
 #                           first (a filter matching no test skips the suite)
 #   XPMEM_VM_WATCHDOG=S     dump blocked tasks and CPU stacks after S seconds (1200; on
-#                           the debug kernel, DEBUG_SLOWDOWN times that)
+#                           the debug kernel, DEBUG_SLOWDOWN (2) times that)
 set -euo pipefail
 caller=$(pwd)
 cd "$(dirname "$0")/../.."
@@ -33,7 +33,7 @@ for kernel in $kernels; do
 done
 # How much longer than on Debian's kernels the debug kernel may take (QEMU's timeout, the
 # guest's watchdog).
-DEBUG_SLOWDOWN=4
+DEBUG_SLOWDOWN=2
 
 # The debug kernel's packages, looked for before anything slow runs. Missing, they fail the
 # run: they are not skipped.
