@@ -260,6 +260,10 @@ void Worker::begin_op(OpKind kind)
     identity_->op_number.store(op_number_);
     identity_->progress_ns.store(now_ns());
     fmt::format_to_n(g_context, sizeof(g_context) - 1, "{}", describe_self()).out[0] = '\0';
+    if (shared_.trace) {  // before it runs too: an operation that crashes the kernel never ends
+        const std::string traced = fmt::format("trace tag {} pid {}: #{} {} ...\n", tag_, pid_, op_number_, op_name(kind));
+        (void)!write(STDERR_FILENO, traced.data(), traced.size());
+    }
     alarm(shared_.hang_seconds + 20);
     shared_.counters.attempts[static_cast<size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
 }
