@@ -657,6 +657,27 @@ std::string Worker::describe_record(const AttachRecord& record) const
                        record.read_only ? ", read-only" : "", record.inherit_on_fork ? ", inherited on fork" : "");
 }
 
+void Worker::remember(uint64_t instance, const std::string& event)
+{
+    std::string& text = histories_[instance];
+    if (text.size() < 6000)
+        text += fmt::format("\n      pid {} op #{}: {}", pid_, op_number_, event);
+}
+
+void Worker::remember_range(uintptr_t start, uintptr_t length, const std::string& event)
+{
+    for (const auto& record : records_)
+        if (start < record.start + record.length && record.start < start + length)
+            remember(record.instance, fmt::format("{} [{:#x}, {:#x}) (piece [{:#x}, {:#x}))", event, start, start + length,
+                                                  record.start, record.start + record.length));
+}
+
+std::string Worker::history(uint64_t instance) const
+{
+    const auto found = histories_.find(instance);
+    return fmt::format("\n    history of attach #{}:{}", instance, found == histories_.end() ? " (none)" : found->second);
+}
+
 std::string Worker::describe_stamp(uint64_t value) const
 {
     Identity* writer = shared_.identity(stamp_tag(value));
@@ -690,11 +711,12 @@ void Worker::check_word(const AttachRecord& record, uintptr_t local, bool write)
         return;
     }
     if (revoked != nullptr)
-        fail(fmt::format("{} through an attachment at {:#x} succeeded after {} (the ioctl had returned before this access): {}",
-                         write ? "write" : "read", local, revoked, describe_record(record)));
+        fail(fmt::format("{} through an attachment at {:#x} succeeded after {} (the ioctl had returned before this access): {}{}",
+                         write ? "write" : "read", local, revoked, describe_record(record), history(record.instance)));
     if (write) {
         if (record.read_only)
-            fail(fmt::format("write through a read-only attachment at {:#x} succeeded: {}", local, describe_record(record)));
+            fail(fmt::format("write through a read-only attachment at {:#x} succeeded: {}{}", local, describe_record(record),
+                             history(record.instance)));
         return;
     }
     counters.words_validated.fetch_add(1, std::memory_order_relaxed);
@@ -702,13 +724,14 @@ void Worker::check_word(const AttachRecord& record, uintptr_t local, bool write)
         counters.zero_words.fetch_add(1, std::memory_order_relaxed);
         const bool owner_running = owner && owner->state.load() == static_cast<uint32_t>(IdentityState::running);
         if (owner_running && (before & 1) == 0 && before == after)
-            fail(fmt::format("read zero at {:#x} where the owner's page {} is stamped (sequence {}): {}", local, page,
-                             before, describe_record(record)));
+            fail(fmt::format("read zero at {:#x} where the owner's page {} is stamped (sequence {}): {}{}", local, page,
+                             before, describe_record(record), history(record.instance)));
         return;
     }
     if (stamp_tag(value) != record.owner_tag || stamp_address(value) != owner_address)
-        fail(fmt::format("isolation: read at {:#x} returned {}; expected a stamp of tag {} for address {:#x}: {}", local,
-                         describe_stamp(value), record.owner_tag, owner_address, describe_record(record)));
+        fail(fmt::format("isolation: read at {:#x} returned {}; expected a stamp of tag {} for address {:#x}: {}{}", local,
+                         describe_stamp(value), record.owner_tag, owner_address, describe_record(record),
+                         history(record.instance)));
 }
 
 // ---- the mapper thread ------------------------------------------------------------------------
@@ -756,6 +779,9 @@ void Worker::become_child(Role role, uint64_t seed, uint64_t operations)
     }
     // Attachments are not copied by fork, unless MADV_DOFORK said so.
     std::erase_if(records_, [](const AttachRecord& record) { return !record.inherit_on_fork; });
+    for (const auto& record : records_)
+        remember(record.instance, fmt::format("inherited by fork child (tag {}) at [{:#x}, {:#x})", tag_, record.start,
+                                              record.start + record.length));
     restamp_whole_arena();
 }
 
@@ -776,6 +802,10 @@ void Worker::op_fork(Draws& draws)
         loop();
     }
     children_.push_back(pid);
+    for (const auto& record : records_)
+        if (record.inherit_on_fork)
+            remember(record.instance, fmt::format("fork: child pid {} inherits [{:#x}, {:#x})", pid, record.start,
+                                                  record.start + record.length));
     note("child pid {} ({} ops, seed {})", pid, operations, seed);
     succeeded();
 }

@@ -194,6 +194,10 @@ private:
     const char* revocation(const AttachRecord& record);
     void check_word(const AttachRecord& record, uintptr_t local, bool write);
     std::string describe_record(const AttachRecord& record) const;
+    // What happened to an attachment (ATTACH, mremap, DETACH, fork...), for failure reports.
+    void remember(uint64_t instance, const std::string& event);
+    std::string history(uint64_t instance) const;
+    void remember_range(uintptr_t start, uintptr_t length, const std::string& event);
     std::string describe_stamp(uint64_t value) const;
 
     // The mmap/munmap thread.
@@ -214,6 +218,7 @@ private:
     std::vector<FdAlias> fds_;
     std::vector<AttachRecord> records_;
     uint64_t next_instance_ = 1;
+    std::map<uint64_t, std::string> histories_;
     std::array<ArenaPage, kArenaPages> arena_{};
     uint8_t generation_ = 0;
     std::vector<pid_t> children_;

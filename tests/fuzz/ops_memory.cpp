@@ -274,6 +274,7 @@ void Worker::op_attachment_munmap(Draws& draws)
     note("munmap attachment [{:#x}, +{:#x}) -> {}", start, count * kPageSize, result);
     if (result != 0)
         fail(fmt::format("munmap of an attachment piece: {}", strerror(errno)));
+    remember_range(start, count * kPageSize, "munmap");
     forget_range(start, count * kPageSize);
     succeeded();
 }
@@ -337,6 +338,8 @@ void Worker::op_attachment_mremap(Draws& draws)
     forget_range(moved_to, new_length);
     if (!(flags & MREMAP_DONTUNMAP))
         forget_range(source, length);
+    remember(record.instance, fmt::format("mremap [{:#x}, {:#x}) flags {} -> [{:#x}, {:#x})", source, source + length, flags,
+                                          moved_to, moved_to + moved.length));
     records_.push_back(moved);
     succeeded();
 }
@@ -377,6 +380,7 @@ void Worker::op_attachment_madvise(Draws& draws)
     if (result != 0)
         return;
     if (advice->value == MADV_DOFORK || advice->value == MADV_DONTFORK) {
+        remember_range(start, length, fmt::format("madvise {}", advice->name));
         split_records_at(start);
         split_records_at(start + length);
         for (auto& piece : records_)
@@ -399,6 +403,7 @@ void Worker::op_attachment_mmap_over(Draws& draws)
     note("mmap over attachment [{:#x}, +{:#x}) -> {}", start, count * kPageSize, result);
     if (result == MAP_FAILED)
         fail(fmt::format("mmap over an attachment piece: {}", strerror(errno)));
+    remember_range(start, count * kPageSize, "mmap over");
     forget_range(start, count * kPageSize);
     succeeded();
 }

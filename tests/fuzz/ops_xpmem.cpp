@@ -166,6 +166,9 @@ void Worker::op_remove(Draws& draws)
         return;
     }
     shared_.set_segment_state(*own_live, SegmentState::removed);
+    for (const auto& record : records_)
+        if (record.segment.index == own_live->index && record.segment.generation == own_live->generation)
+            remember(record.instance, fmt::format("its segment {} REMOVEd by us", segid));
     file.segments.erase(own_live);
     succeeded();
 }
@@ -304,8 +307,10 @@ void Worker::op_release(Draws& draws)
     for (const auto& record : records_)
         if (record.permit.index == released.index && record.permit.generation == released.generation)
             instances.push_back(record.instance);
-    for (uint64_t instance : instances)
+    for (uint64_t instance : instances) {
+        remember(instance, fmt::format("RELEASE of its apid {} fd {}", apid, alias->fd.get()));
         drop_detached_instance(instance, false);
+    }
     succeeded();
 }
 
@@ -434,6 +439,9 @@ void Worker::op_attach(Draws& draws)
     record.instance_length = length;
     record.read_only = permit ? permit->read_only : true;
     records_.push_back(record);
+    remember(record.instance, fmt::format("ATTACH fd {} (file {}) apid {} segid {} owner tag {} offset {:#x} -> [{:#x}, {:#x})",
+                                          alias->fd.get(), file.file_id, apid, segment ? segment->segid : -1, record.owner_tag,
+                                          offset, address, address + length));
     // Bounded bookkeeping: detach the oldest pieces past the limit.
     while (records_.size() > kMaxRecords) {
         xpmem_cmd_detach detach{records_.front().start};
@@ -466,6 +474,9 @@ void Worker::op_detach(Draws& draws)
     const long result = xpmem_ioctl(alias->fd.get(), XPMEM_CMD_DETACH, &command, error);
     note("DETACH fd {} vaddr {:#x} -> {} {}", alias->fd.get(), vaddr, result, strerror(error));
     check_foreign_result(file, result, error, "DETACH");
+    if (instance != 0)
+        remember(instance, fmt::format("DETACH vaddr {:#x} fd {} (file {}) -> {} {}", vaddr, alias->fd.get(), file.file_id, result,
+                                       strerror(error)));
     if (result == 0 && instance != 0 && owns(file)) {
         drop_detached_instance(instance, false);
         succeeded();
