@@ -184,6 +184,7 @@ void Worker::become_identity(Role role, uint64_t seed, uint32_t parent_tag)
     identity_->seed.store(seed);
     identity_->op_number.store(0);
     identity_->progress_ns.store(now_ns());
+    identity_->state.store(static_cast<uint32_t>(IdentityState::running));
     shared_.counters.processes.fetch_add(1);
 }
 

@@ -47,7 +47,8 @@ constexpr unsigned stamp_generation(uint64_t stamp) { return static_cast<unsigne
 constexpr bool in_arena(uintptr_t address) { return address >= kArenaBase && address < kArenaBase + kArenaSize; }
 
 enum class Role : uint32_t { worker, fork_child, exec_prelude, exec_continuer };
-enum class IdentityState : uint32_t { free, running, exited };
+// claiming: taken, heartbeat not set yet (the hang check skips it).
+enum class IdentityState : uint32_t { free, running, exited, claiming };
 
 // One process image: a worker, a fork child, or a process after execve.
 struct Identity {
@@ -162,8 +163,8 @@ struct SharedState {
             const uint32_t tag = static_cast<uint32_t>(cursor % 65535) + 1;
             Identity& slot = identities[tag % kMaxIdentities];
             uint32_t state = slot.state.load();
-            if (state == static_cast<uint32_t>(IdentityState::running) ||
-                !slot.state.compare_exchange_strong(state, static_cast<uint32_t>(IdentityState::running)))
+            if ((state != static_cast<uint32_t>(IdentityState::free) && state != static_cast<uint32_t>(IdentityState::exited)) ||
+                !slot.state.compare_exchange_strong(state, static_cast<uint32_t>(IdentityState::claiming)))
                 continue;
             slot.tag.store(tag, std::memory_order_release);
             for (auto& sequence : slot.page_sequence)
