@@ -148,6 +148,25 @@ void dump_process(pid_t pid)
     closedir(tasks);
 }
 
+std::vector<pid_t> uninterruptible_processes()
+{
+    std::vector<pid_t> found;
+    DIR* proc = opendir("/proc");
+    if (proc == nullptr)
+        return found;
+    while (dirent* entry = readdir(proc)) {
+        const pid_t pid = static_cast<pid_t>(std::atoi(entry->d_name));
+        if (pid <= 0)
+            continue;
+        std::istringstream status(read_file(fmt::format("/proc/{}/status", pid)));
+        for (std::string line; std::getline(status, line);)
+            if (line.rfind("State:", 0) == 0 && line.find('D') != std::string::npos)
+                found.push_back(pid);
+    }
+    closedir(proc);
+    return found;
+}
+
 void record_failure(SharedState& shared, const std::string& text)
 {
     uint32_t expected = 0;
@@ -296,10 +315,17 @@ int supervise(const Options& options, const std::string& replay)
                                       (now - identity->progress_ns.load()) / 1000000000ULL);
             say(report);
             record_failure(shared, report);
-            say("  kernel stacks of every fuzzing process:\n");
+            say("  kernel stacks of every fuzzing process, and of every other task in D state:\n");
+            std::vector<pid_t> dumped;
             for (const auto& identity : shared.identities)
-                if (identity.state.load() == static_cast<uint32_t>(IdentityState::running))
+                if (identity.state.load() == static_cast<uint32_t>(IdentityState::running)) {
                     dump_process(identity.pid.load());
+                    dumped.push_back(identity.pid.load());
+                }
+            // A lock holder may be a process that already said it exited (it is in exit_mmap).
+            for (pid_t other : uninterruptible_processes())
+                if (std::find(dumped.begin(), dumped.end(), other) == dumped.end())
+                    dump_process(other);
             for (const auto& identity : shared.identities)
                 if (identity.state.load() == static_cast<uint32_t>(IdentityState::running))
                     kill(identity.pid.load(), SIGKILL);
