@@ -387,6 +387,8 @@ bool Worker::open_device()
     file.opener_tag = tag_;
     fds_.push_back(FdAlias{std::move(fd), file_id});
     note("opened fd {} file {}", fds_.back().fd.get(), file_id);
+    if (kind_ == OpKind::open)
+        succeeded();
     return true;
 }
 
