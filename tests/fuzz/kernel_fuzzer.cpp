@@ -86,12 +86,19 @@ void parse_disabled(const std::vector<std::string>& names, SharedState& shared)
                 known = true;
             }
         }
+        for (size_t index = 0; index < kMremapVariants.size(); ++index)
+            if (name == fmt::format("attachment-mremap:{}", kMremapVariants[index])) {
+                shared.disabled_mremap_mask |= uint64_t{1} << index;
+                known = true;
+            }
         if (!known) {
             std::string valid;
             for (const auto& info : kOpKindInfo)
                 valid += fmt::format(" {}", info.name);
             for (const auto& item : advice)
                 valid += fmt::format(" owner-madvise:{} attachment-madvise:{}", item, item);
+            for (const auto& variant : kMremapVariants)
+                valid += fmt::format(" attachment-mremap:{}", variant);
             std::cerr << "unknown --disable name '" << name << "'; valid:" << valid << '\n';
             std::exit(2);
         }
@@ -434,6 +441,8 @@ int main(int argc, char** argv)
             std::cout << info.name << '\n';
         for (const auto& advice : advice_names())
             std::cout << "owner-madvise:" << advice << "\nattachment-madvise:" << advice << '\n';
+        for (const auto& variant : kMremapVariants)
+            std::cout << "attachment-mremap:" << variant << '\n';
         return 0;
     }
     Options options;

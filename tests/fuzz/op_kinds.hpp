@@ -41,6 +41,10 @@ constexpr std::array<OpKindInfo, kOpKinds> kOpKindInfo{{
     {"bad-ioctl", 20}, {"raw-mmap", 4}, {"version", 4}, {"mapper-thread", 6},
 }};
 
+// The variants of attachment-mremap, for --disable attachment-mremap:NAME. "part" and "shrink"
+// split the attachment's VMA.
+constexpr std::array<std::string_view, 6> kMremapVariants{"whole", "part", "anywhere", "shrink", "grow", "dontunmap"};
+
 constexpr std::string_view op_name(OpKind kind)
 {
     return kOpKindInfo[static_cast<size_t>(kind)].name;

@@ -286,7 +286,9 @@ void Worker::op_attachment_mremap(Draws& draws)
         return note("no attachment");
     const AttachRecord record = *chosen;
     const uint64_t pages = record.length / kPageSize;
-    const uint64_t variant = draws.below(6);
+    const uint64_t variant = draws.below(kMremapVariants.size());
+    if (shared_.disabled_mremap_mask & (uint64_t{1} << variant))
+        return note("mremap variant {} disabled", kMremapVariants[variant]);
     if (record.length > kWindowSize / 4)
         return note("piece too large for the window");
     // The part to move: the whole piece, or a sub-range of it.
