@@ -42,7 +42,6 @@ constexpr size_t kMaxFds = 10;
 constexpr size_t kMaxOwnFiles = 3;
 constexpr size_t kMaxChildren = 3;
 constexpr uint32_t kMaxDepth = 2;
-constexpr uint64_t kKernelAddress = 0xffff888000000000ULL;
 
 uint64_t now_ns()
 {
