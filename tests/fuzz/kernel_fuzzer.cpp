@@ -25,6 +25,7 @@
 #include <fstream>
 #include <grp.h>
 #include <iostream>
+#include <malloc.h>
 #include <new>
 #include <random>
 #include <sstream>
@@ -228,8 +229,25 @@ struct Options {
     std::vector<std::string> disabled;
 };
 
+// The supervisor's heap shares its anon_vma with every worker (fork), and a deadlock in the
+// module can leave that lock held: growing the heap (brk) would then block the hang report
+// itself. So the heap is grown once, up front, and never trimmed.
+void reserve_heap()
+{
+    constexpr size_t kReserve = size_t{16} << 20;
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    auto* block = static_cast<char*>(malloc(kReserve));
+    if (block != nullptr) {
+        for (size_t offset = 0; offset < kReserve; offset += kPageSize)
+            block[offset] = 1;
+        free(block);
+    }
+}
+
 int supervise(const Options& options, const std::string& replay)
 {
+    reserve_heap();
     if (access(XPMEM_DEVICE_PATH, R_OK | W_OK) != 0) {
         std::cerr << XPMEM_DEVICE_PATH << ": " << strerror(errno) << '\n';
         return 2;
