@@ -241,6 +241,7 @@ void reserve_heap()
     if (block != nullptr) {
         for (size_t offset = 0; offset < kReserve; offset += kPageSize)
             block[offset] = 1;
+        asm volatile("" : : "r"(block) : "memory");  // the compiler may not drop the pair
         free(block);
     }
 }
