@@ -240,14 +240,14 @@ OpKind Worker::choose_kind(Draws& draws) const
     };
     uint64_t total = 0;
     for (size_t index = 0; index < kOpKinds; ++index)
-        total += allowed(index) ? kOpKindInfo[index].weight : 0;
+        total += allowed(index) ? shared_.weights[index] : 0;
     uint64_t choice = draws.below(total);
     for (size_t index = 0; index < kOpKinds; ++index) {
         if (!allowed(index))
             continue;
-        if (choice < kOpKindInfo[index].weight)
+        if (choice < shared_.weights[index])
             return static_cast<OpKind>(index);
-        choice -= kOpKindInfo[index].weight;
+        choice -= shared_.weights[index];
     }
     return OpKind::version;
 }

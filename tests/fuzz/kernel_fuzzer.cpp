@@ -66,6 +66,26 @@ SharedState* map_shared(int fd)
     return static_cast<SharedState*>(memory);
 }
 
+// --weight KIND=N,...: how often each kind is chosen (the defaults are in op_kinds.hpp).
+void parse_weights(const std::vector<std::string>& items, SharedState& shared)
+{
+    for (size_t kind = 0; kind < kOpKinds; ++kind)
+        shared.weights[kind] = kOpKindInfo[kind].weight;
+    for (const auto& item : items) {
+        const size_t equals = item.find('=');
+        bool known = false;
+        for (size_t kind = 0; kind < kOpKinds && equals != std::string::npos; ++kind)
+            if (kOpKindInfo[kind].name == item.substr(0, equals)) {
+                shared.weights[kind] = static_cast<uint32_t>(std::strtoul(item.c_str() + equals + 1, nullptr, 10));
+                known = true;
+            }
+        if (!known) {
+            std::cerr << "bad --weight '" << item << "': KIND=N with a kind from --list\n";
+            std::exit(2);
+        }
+    }
+}
+
 // --disable: operation kinds, or owner-madvise:ADVICE / attachment-madvise:ADVICE.
 void parse_disabled(const std::vector<std::string>& names, SharedState& shared)
 {
@@ -227,6 +247,7 @@ struct Options {
     uint32_t hang_seconds = 30;
     bool trace = false;
     std::vector<std::string> disabled;
+    std::vector<std::string> weights;
 };
 
 // The supervisor's heap shares its anon_vma with every worker (fork), and a deadlock in the
@@ -266,6 +287,7 @@ int supervise(const Options& options, const std::string& replay)
     shared.processes = options.processes;
     shared.operations_per_worker = options.operations;
     parse_disabled(options.disabled, shared);
+    parse_weights(options.weights, shared);
     const uint64_t start = monotonic_ns();
     shared.deadline_ns = options.seconds ? start + options.seconds * 1000000000ULL : 0;
 
@@ -436,6 +458,8 @@ int main(int argc, char** argv)
         ("processes", "worker processes (odd ones run as uid 65534 when started as root)", cxxopts::value<uint32_t>()->default_value("4"))
         ("disable", "operation kinds (or owner-madvise:ADVICE, attachment-madvise:ADVICE) never to use",
          cxxopts::value<std::vector<std::string>>()->default_value(""))
+        ("weight", "KIND=N,...: change how often kinds are chosen (defaults: op_kinds.hpp)",
+         cxxopts::value<std::vector<std::string>>()->default_value(""))
         ("hang-seconds", "a process without progress this long is a hang", cxxopts::value<uint32_t>()->default_value("30"))
         ("trace", "print every operation")
         ("list", "list the operation kinds and advice names")
@@ -475,6 +499,9 @@ int main(int argc, char** argv)
     for (const auto& name : arguments["disable"].as<std::vector<std::string>>())
         if (!name.empty())
             options.disabled.push_back(name);
+    for (const auto& item : arguments["weight"].as<std::vector<std::string>>())
+        if (!item.empty())
+            options.weights.push_back(item);
     std::string replay = fmt::format("xpmem-kernel-fuzz --seed {} --processes {}", options.seed, options.processes);
     if (options.seconds)
         replay += fmt::format(" --seconds {}", options.seconds);
@@ -484,6 +511,11 @@ int main(int argc, char** argv)
         replay += " --disable ";
         for (size_t index = 0; index < options.disabled.size(); ++index)
             replay += (index ? "," : "") + options.disabled[index];
+    }
+    if (!options.weights.empty()) {
+        replay += " --weight ";
+        for (size_t index = 0; index < options.weights.size(); ++index)
+            replay += (index ? "," : "") + options.weights[index];
     }
     return supervise(options, replay);
 }

@@ -134,6 +134,7 @@ struct SharedState {
     uint64_t disabled_mask;        // bit per OpKind
     uint64_t disabled_advice_mask; // bit per advice index (see the worker)
     uint64_t disabled_mremap_mask; // bit per attachment-mremap variant (kMremapVariants)
+    uint32_t weights[kOpKinds];    // kOpKindInfo's, as changed by --weight
     uint32_t trace;
     uint32_t hang_seconds;
     uint32_t processes;
