@@ -661,9 +661,21 @@ std::string Worker::describe_record(const AttachRecord& record) const
 
 void Worker::remember(uint64_t instance, const std::string& event)
 {
+    const std::string line = fmt::format("pid {} op #{}: {}", pid_, op_number_, event);
     std::string& text = histories_[instance];
     if (text.size() < 6000)
-        text += fmt::format("\n      pid {} op #{}: {}", pid_, op_number_, event);
+        text += "\n      " + line;
+    // Shared too, for the reports of other processes holding the same attachment.
+    uint32_t origin = tag_;
+    for (const auto& record : records_)
+        if (record.instance == instance)
+            origin = record.origin_tag;
+    SharedEvent& slot = shared_.events[shared_.event_cursor.fetch_add(1) % kSharedEvents];
+    slot.key.store(0, std::memory_order_release);
+    const size_t length = std::min(line.size(), sizeof(slot.text) - 1);
+    memcpy(slot.text, line.data(), length);
+    slot.text[length] = '\0';
+    slot.key.store(uint64_t{origin} << 32 | instance, std::memory_order_release);
 }
 
 void Worker::remember_range(uintptr_t start, uintptr_t length, const std::string& event)
@@ -677,7 +689,24 @@ void Worker::remember_range(uintptr_t start, uintptr_t length, const std::string
 std::string Worker::history(uint64_t instance) const
 {
     const auto found = histories_.find(instance);
-    return fmt::format("\n    history of attach #{}:{}", instance, found == histories_.end() ? " (none)" : found->second);
+    std::string text = fmt::format("\n    history of attach #{} (this process's view):{}", instance,
+                                   found == histories_.end() ? " (none)" : found->second);
+    uint32_t origin = tag_;
+    for (const auto& record : records_)
+        if (record.instance == instance)
+            origin = record.origin_tag;
+    const uint64_t key = uint64_t{origin} << 32 | instance;
+    const std::string own_pid = fmt::format("pid {} ", pid_);
+    std::string others;
+    const uint64_t end = shared_.event_cursor.load();
+    for (uint64_t index = end > kSharedEvents ? end - kSharedEvents : 0; index < end; ++index) {  // oldest first
+        const SharedEvent& event = shared_.events[index % kSharedEvents];
+        if (event.key.load(std::memory_order_acquire) == key && std::string_view(event.text).rfind(own_pid, 0) != 0)
+            others += fmt::format("\n      {}", event.text);
+    }
+    if (!others.empty())
+        text += fmt::format("\n    what other processes did to it (shared log):{}", others);
+    return text;
 }
 
 std::string Worker::describe_stamp(uint64_t value) const

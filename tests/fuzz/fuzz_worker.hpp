@@ -95,7 +95,8 @@ private:
         uintptr_t owner_address = 0;  // owner address mapped at `start`
         uint32_t owner_tag = 0;       // 0: unknown owner, never read
         EntryRef segment, permit;
-        uint64_t instance = 0;        // the ATTACH that made it
+        uint64_t instance = 0;        // the ATTACH that made it (numbered per attaching process)
+        uint32_t origin_tag = 0;      // the attaching process
         uintptr_t instance_start = 0, instance_length = 0;
         bool read_only = false, inherit_on_fork = false;
     };

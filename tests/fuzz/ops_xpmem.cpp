@@ -435,6 +435,7 @@ void Worker::op_attach(Draws& draws)
     record.segment = segment ? segment->ref : EntryRef{};
     record.permit = permit ? permit->ref : EntryRef{};
     record.instance = next_instance_++;
+    record.origin_tag = tag_;
     record.instance_start = address;
     record.instance_length = length;
     record.read_only = permit ? permit->read_only : true;

@@ -113,6 +113,14 @@ struct PermitSnapshot {
     bool read_only;
 };
 
+// What processes did to attachments, for failure reports that span a fork (an attachment
+// inherited through MADV_DOFORK is changed by both processes). A ring: old events drop out.
+constexpr uint32_t kSharedEvents = 8192;
+struct SharedEvent {
+    std::atomic<uint64_t> key;  // attaching process's tag << 32 | its attach number; 0: empty
+    char text[184];             // written before key is published; a torn text is only cosmetic
+};
+
 struct WorkerSlot {
     std::atomic<int32_t> pid;
     std::atomic<uint32_t> generation;
@@ -144,12 +152,13 @@ struct SharedState {
     std::atomic<uint32_t> stop;
     std::atomic<uint32_t> failed;
     char failure[4096];
-    std::atomic<uint64_t> next_file_id, identity_cursor, segment_cursor, permit_cursor;
+    std::atomic<uint64_t> next_file_id, identity_cursor, segment_cursor, permit_cursor, event_cursor;
     Counters counters;
     WorkerSlot workers[kMaxWorkers];
     Identity identities[kMaxIdentities];
     SegmentEntry segments[kMaxSegments];
     PermitEntry permits[kMaxPermits];
+    SharedEvent events[kSharedEvents];
 
     Identity* identity(uint32_t tag)
     {
