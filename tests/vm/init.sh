@@ -47,6 +47,16 @@ counters=/sys/kernel/debug/xpmem/counters
 # reports: the serial log tells which test triggered which report.
 brief=1
 [ $debug_kernel = 1 ] && brief=0
+# Unloads the module: nothing may keep it (the last references drop asynchronously).
+unload() {
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        rmmod xpmem 2>/dev/null && return 0
+        sleep 1
+    done
+    echo "guest: rmmod failed, module refcount $(cat /sys/module/xpmem/refcnt)"
+    return 1
+}
+
 run_suite() {  # $1: label, rest: command prefix
     label=$1
     shift
@@ -67,6 +77,17 @@ cd /tmp
 run_suite root env
 chmod 1777 /tmp
 run_suite uid65534 /bin/guest_tool run-as 65534 /bin/env
+# The fuzzer (tests/fuzz): several processes as root and uid 65534, random operations and
+# invariants checked throughout; its seed is in its output.
+read -r fuzz_seconds fuzz_arguments </fuzz
+if [ "$fuzz_seconds" -gt 0 ]; then
+    echo "guest: fuzzing for $fuzz_seconds s"
+    # shellcheck disable=SC2086 # the arguments are words
+    if ! /bin/xpmem-kernel-fuzz --seconds "$fuzz_seconds" $fuzz_arguments; then
+        echo "guest: fuzzer failed"
+        failed=1
+    fi
+fi
 if [ $debug_kernel = 1 ]; then
     # The kernel's checks even after failed tests: a test can fail because of a
     # kernel bug that they report. kmemleak only once the module's objects are freed
@@ -93,7 +114,7 @@ if [ $debug_kernel = 1 ]; then
             problems="$problems kmemleak"
         fi
     fi
-    rmmod xpmem || echo "guest: rmmod failed, module refcount $(cat /sys/module/xpmem/refcnt)"
+    unload || problems="$problems rmmod"
     if dmesg | grep -E "$reports" | sed 's/^/guest: dmesg: /' | grep .; then
         problems="$problems kernel-reports"
     fi
@@ -111,6 +132,6 @@ echo "guest: counters after the suite:"
 cat $counters
 grep -v " 0$" $counters && fail "unbalanced counters"
 dmesg | grep -E "Oops|BUG|WARNING|lockdep|Call Trace|general protection" && fail "kernel log"
-rmmod xpmem 2>/dev/null
+unload || fail "rmmod"
 echo "guest: PASS"
 /bin/guest_tool exit 16

@@ -18,6 +18,11 @@
 #                           (default: ../shared/kernels from the repository's root)
 #   XPMEM_VM_DEBUG="PROGRAM [ARGS]"  also copy a static PROGRAM into the guest and run it
 #                           first (a filter matching no test skips the suite)
+#   XPMEM_VM_FUZZ_SECONDS=S run tests/fuzz's xpmem-kernel-fuzz for S seconds after the suite
+#                           on every kernel (default 60 for the whole suite, 0 with a
+#                           filter); XPMEM_VM_FUZZ_ARGS adds options (--seed N replays a run)
+#   XPMEM_VM_BASELINE=DIR   also build the module source in DIR, as /xpmem-baseline.ko in
+#                           the guest (for tests/vm/attach_cost.c --compare)
 #   XPMEM_VM_WATCHDOG=S     dump blocked tasks and CPU stacks after S seconds (1200; on
 #                           the debug kernel, DEBUG_SLOWDOWN (2) times that)
 set -euo pipefail
@@ -149,6 +154,17 @@ for kernel in $kernels; do
     find "$work/static/tests" -maxdepth 1 -name "test_*" -type f -executable \
         -exec cp {} "$initramfs/tests/" \;
     cp "$module/xpmem.ko" "$initramfs/"
+    cp "$work/static/tests/fuzz/xpmem-kernel-fuzz" "$initramfs/bin/"
+    fuzz_seconds=60
+    [[ $filter == '*' ]] || fuzz_seconds=0
+    echo "${XPMEM_VM_FUZZ_SECONDS:-$fuzz_seconds} ${XPMEM_VM_FUZZ_ARGS:-}" >"$initramfs/fuzz"
+    if [[ -n ${XPMEM_VM_BASELINE:-} ]]; then
+        baseline=$work/baseline-$name
+        rm -rf "$baseline" && mkdir -p "$baseline"
+        cp "$XPMEM_VM_BASELINE"/* "$baseline"/
+        make -s -C "$headers" M="$baseline" modules 2>&1 | grep -v "Skipping BTF" || true
+        cp "$baseline/xpmem.ko" "$initramfs/xpmem-baseline.ko"
+    fi
     cp tests/vm/init.sh "$initramfs/init"
     if [[ -n ${XPMEM_VM_DEBUG:-} ]]; then  # a program to run first, with its arguments
         read -r debug_program debug_arguments <<<"$XPMEM_VM_DEBUG"
@@ -156,6 +172,10 @@ for kernel in $kernels; do
         echo "${debug_arguments:-}" >"$initramfs/debug-arguments"
     fi
     echo "$filter" >"$initramfs/filter"
+    if ((debug)); then  # the module's checks: the user backend needs no debug kernel
+        [[ $filter == *-* ]] && echo "$filter:*/user" >"$initramfs/filter" ||
+            echo "$filter-*/user" >"$initramfs/filter"
+    fi
     watchdog=${XPMEM_VM_WATCHDOG:-1200}
     limit=1500
     # Debian's kernels: only errors on the console. The debug kernel: warnings too, so
