@@ -816,28 +816,17 @@ static vm_fault_t xpmem_wait_for_owner_handler(struct vm_fault *vmf, struct mm_s
 }
 
 /*
- * Looks the owner's pages up for a fault. A read in a writable attachment
- * maps writable what the owner can already write without a fault (a later
- * store then costs nothing), the rest read-only (a later store breaks the
- * owner's COW first, in pfn_mkwrite). Returns how many, or -VM_FAULT code.
+ * Page tables for @nr pages from the fault address, allocated now: under
+ * fault_lock, an allocation could recurse into reclaim, the notifier and
+ * fault_lock. Only the PTE table can be missing (the fault allocated the upper
+ * levels) and @nr stays within its PMD.
  */
-static long xpmem_lookup(struct vm_fault *vmf, struct mm_struct *mm, unsigned long address,
-			 unsigned long nr, unsigned int gup_flags, bool *writable,
-			 struct page **pages)
+static int xpmem_prepare_page_table(struct vm_fault *vmf, unsigned long nr)
 {
-	bool write = vmf->flags & FAULT_FLAG_WRITE;
-	long got;
-
-	*writable = write;
-	if (!write && (vmf->vma->vm_flags & VM_WRITE)) {
-		got = xpmem_gup_remote(mm, address, nr, FOLL_WRITE | FOLL_NOFAULT, pages, NULL);
-		if (got > 0) {
-			*writable = true;
-			return got;
-		}
-	}
-	return xpmem_get_owner_pages(mm, address, nr, gup_flags | (write ? FOLL_WRITE : 0),
-				     pages);
+	if (!pmd_none(READ_ONCE(*vmf->pmd)))
+		return 0;
+	return apply_to_page_range(vmf->vma->vm_mm, vmf->address, nr << PAGE_SHIFT,
+				   xpmem_no_pte_change, NULL);
 }
 
 static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
@@ -847,16 +836,19 @@ static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
 	struct xpmem_attachment *att = vma->vm_private_data;
 	struct xpmem_mm *xmm = owner->xmm;
 	struct mm_struct *mm = owner->mm;
+	bool write = vmf->flags & FAULT_FLAG_WRITE;
 	struct page *pages[XPMEM_FAULT_PAGES];
 	enum xpmem_owner_lock lock;
-	bool owner_handles, writable;
+	unsigned int gup_flags;
 	unsigned long nr, seq;
+	bool owner_handles;
 	vm_fault_t ret;
 	long got;
 
 	nr = min3((unsigned long)clamp_val(READ_ONCE(fault_pages), 1, XPMEM_FAULT_PAGES),
 		  (vma->vm_end - vmf->address) >> PAGE_SHIFT,
 		  (att->owner_end - address) >> PAGE_SHIFT);
+	nr = min(nr, (PMD_SIZE - (vmf->address & ~PMD_MASK)) >> PAGE_SHIFT);
 	if (!xpmem_fault_begin(xmm, &seq))
 		return xpmem_owner_changing(vmf, xmm);	/* @att may be gone after this */
 	lock = xpmem_lock_owner_mm(vmf, mm);
@@ -867,31 +859,29 @@ static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
 	 * fault under our lock: it could not wait for the handler.
 	 */
 	owner_handles = xpmem_owner_handles_faults(mm, address, &nr);
-	got = xpmem_lookup(vmf, mm, address, nr, owner_handles ? FOLL_NOFAULT : 0, &writable,
-			   pages);
+	gup_flags = write ? FOLL_WRITE : 0;
+	got = xpmem_get_owner_pages(mm, address, nr,
+				    gup_flags | (owner_handles ? FOLL_NOFAULT : 0), pages);
 	if (got < 0 && owner_handles) {
 		if (fault_flag_allow_retry_first(vmf->flags) &&
 		    !(vmf->flags & FAULT_FLAG_RETRY_NOWAIT)) {
 			if (lock == XPMEM_OWNER_LOCKED)
 				mmap_read_unlock(mm);
-			return xpmem_wait_for_owner_handler(vmf, mm, address,
-							    vmf->flags & FAULT_FLAG_WRITE);
+			return xpmem_wait_for_owner_handler(vmf, mm, address, write);
 		}
-		got = xpmem_lookup(vmf, mm, address, 1, 0, &writable, pages);
+		got = xpmem_get_owner_pages(mm, address, 1, gup_flags, pages);
 	}
 	if (lock == XPMEM_OWNER_LOCKED)
 		mmap_read_unlock(mm);
 	if (got < 0)
 		return (vm_fault_t)-got;
-	/* Page tables now: allocating under fault_lock could recurse into it via reclaim. */
-	if (apply_to_page_range(vma->vm_mm, vmf->address, got << PAGE_SHIFT,
-				xpmem_no_pte_change, NULL)) {
+	if (xpmem_prepare_page_table(vmf, got)) {
 		xpmem_put_pages(pages, got);
 		return VM_FAULT_OOM;
 	}
 	mutex_lock(&xmm->fault_lock);
 	/* Otherwise the CPU retries the access and faults afresh (SIGBUS once revoked). */
-	ret = xpmem_may_map(att, seq) ? xpmem_insert(vmf, pages, got, writable) : VM_FAULT_NOPAGE;
+	ret = xpmem_may_map(att, seq) ? xpmem_insert(vmf, pages, got, write) : VM_FAULT_NOPAGE;
 	mutex_unlock(&xmm->fault_lock);
 	xpmem_put_pages(pages, got);
 	return ret;
@@ -935,15 +925,18 @@ static vm_fault_t xpmem_fault(struct vm_fault *vmf)
 }
 
 /*
- * A store to a page mapped read-only. Breaks the owner's COW there (or finds
- * the page read-only in the owner: SIGSEGV), then drops our PTE: the store
- * faults again, and that fault maps the page writable under fault_lock. Never
+ * A store to a page mapped read-only (a read fault maps read-only). Breaks the
+ * owner's COW there (or finds the page read-only in the owner: SIGSEGV), then
+ * replaces our PTE by a writable one, deciding under fault_lock: letting the
+ * kernel make the old PTE writable after we unlock could make a PTE writable
+ * that an invalidation and another fault have put there meanwhile. Never
  * waits for the owner's mmap_lock: this path cannot drop the attacher's.
  */
 static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 {
+	struct xpmem_attachment *att = vmf->vma->vm_private_data;
+	unsigned long address, seq, nr = 1;
 	vm_fault_t ret = VM_FAULT_NOPAGE;
-	unsigned long address, nr = 1;
 	struct xpmem_zap_marker marker;
 	enum xpmem_owner_lock lock;
 	struct xpmem_tg *owner;
@@ -957,23 +950,36 @@ static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 	if (!owner)
 		return VM_FAULT_SIGBUS;
 	lock = xpmem_lock_owner_mm(vmf, owner->mm);
-	if (lock != XPMEM_OWNER_BUSY) {
-		/* An owner with userfaultfd: only ->fault can wait for its handler. */
-		nofault = xpmem_owner_handles_faults(owner->mm, address, &nr) ? FOLL_NOFAULT : 0;
-		got = xpmem_get_owner_pages(owner->mm, address, 1, FOLL_WRITE | nofault, &page);
+	if (lock == XPMEM_OWNER_BUSY || !xpmem_fault_begin(owner->xmm, &seq)) {
 		if (lock == XPMEM_OWNER_LOCKED)
 			mmap_read_unlock(owner->mm);
-		if (got > 0)
-			put_page(page);
-		else if (!nofault)
+		goto out;	/* the CPU retries the store */
+	}
+	/* An owner with userfaultfd: only ->fault can wait for its handler. */
+	nofault = xpmem_owner_handles_faults(owner->mm, address, &nr) ? FOLL_NOFAULT : 0;
+	got = xpmem_get_owner_pages(owner->mm, address, 1, FOLL_WRITE | nofault, &page);
+	if (lock == XPMEM_OWNER_LOCKED)
+		mmap_read_unlock(owner->mm);
+	xpmem_zapping_begin(&marker);
+	zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
+	xpmem_zapping_end(&marker);
+	if (got < 0) {
+		if (!nofault)
 			ret = (vm_fault_t)-got;
+		goto out;	/* with userfaultfd: the store faults again, in ->fault */
 	}
+	if (xpmem_prepare_page_table(vmf, 1)) {
+		put_page(page);
+		ret = VM_FAULT_OOM;
+		goto out;
+	}
+	mutex_lock(&owner->xmm->fault_lock);
+	if (xpmem_may_map(att, seq))
+		xpmem_insert(vmf, &page, 1, true);
+	mutex_unlock(&owner->xmm->fault_lock);
+	put_page(page);
+out:
 	xpmem_fault_owner_put(owner);
-	if (ret == VM_FAULT_NOPAGE) {
-		xpmem_zapping_begin(&marker);
-		zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
-		xpmem_zapping_end(&marker);
-	}
 	return ret;
 }
 

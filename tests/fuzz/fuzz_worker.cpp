@@ -148,6 +148,7 @@ Worker::Worker(SharedState& shared, ProcessPlan plan)
         file.file_id = inherited.file_id;
         file.opener_pid = inherited.opener_pid;
         file.opener_tag = inherited.opener_tag;
+        file.before_exec = true;  // every command through it must get NOPROC now
         if (owns(file)) {
             file.unknown_objects = true;  // the old image may have made objects we never learned
             for (uint32_t index = 0; index < kMaxSegments; ++index) {

@@ -80,6 +80,7 @@ private:
     struct XpmemFile {
         uint64_t file_id = 0;
         int opener_pid = 0;     // the module binds the file to this thread group
+        bool before_exec = false;  // and to its mm: after execve the file is another's
         uint32_t opener_tag = 0;// whose memory (mm) its segments map
         bool unknown_objects = false;  // made something whose id we never learned
         std::vector<EntryRef> segments;  // live, owned through this file
@@ -169,7 +170,7 @@ private:
     // Descriptors and files.
     FdAlias* choose_fd(Draws& draws);
     XpmemFile& file_of(const FdAlias& alias) { return files_.at(alias.file_id); }
-    bool owns(const XpmemFile& file) const { return file.opener_pid == pid_; }
+    bool owns(const XpmemFile& file) const { return file.opener_pid == pid_ && !file.before_exec; }
     bool open_device();
     void forget_file(uint64_t file_id);
     void check_foreign_result(const XpmemFile& file, long result, int error, const char* command);
