@@ -797,7 +797,8 @@ static bool xpmem_owner_handles_faults(struct mm_struct *mm, unsigned long addre
 /*
  * Lets the owner's userfaultfd handler provide the page at @address: without
  * the attacher's lock (which this drops), GUP may wait for the handler. The
- * fault is then retried, once: a page still missing is a SIGBUS.
+ * fault is then retried (any earlier retry, for a busy owner, does not count:
+ * the wait needs only that the fault may be retried).
  */
 static vm_fault_t xpmem_wait_for_owner_handler(struct vm_fault *vmf, struct mm_struct *mm,
 					       unsigned long address, bool write)
@@ -863,7 +864,7 @@ static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
 	got = xpmem_get_owner_pages(mm, address, nr,
 				    gup_flags | (owner_handles ? FOLL_NOFAULT : 0), pages);
 	if (got < 0 && owner_handles) {
-		if (fault_flag_allow_retry_first(vmf->flags) &&
+		if ((vmf->flags & FAULT_FLAG_ALLOW_RETRY) &&
 		    !(vmf->flags & FAULT_FLAG_RETRY_NOWAIT)) {
 			if (lock == XPMEM_OWNER_LOCKED)
 				mmap_read_unlock(mm);
