@@ -779,19 +779,21 @@ static vm_fault_t xpmem_insert(struct vm_fault *vmf, struct page **pages, long g
 }
 
 /*
- * Whether the owner handles missing pages at @address itself (userfaultfd).
- * Clamps @nr to the owner's VMA there, so that one fault never spans a VMA
- * that does and one that does not.
+ * Whether the owner handles missing pages at @address itself (userfaultfd),
+ * for an access it allows (waiting for a handler that can never grant a
+ * refused access would retry the fault forever). Clamps @nr to the owner's
+ * VMA there, so that one fault never spans a VMA that does and one that does
+ * not.
  */
 static bool xpmem_owner_handles_faults(struct mm_struct *mm, unsigned long address,
-				       unsigned long *nr)
+				       bool write, unsigned long *nr)
 {
 	struct vm_area_struct *vma = vma_lookup(mm, address);
 
 	if (!vma)
 		return false;
 	*nr = min(*nr, (vma->vm_end - address) >> PAGE_SHIFT);
-	return userfaultfd_armed(vma);
+	return userfaultfd_armed(vma) && (vma->vm_flags & (write ? VM_WRITE : VM_READ));
 }
 
 /*
@@ -859,7 +861,7 @@ static vm_fault_t xpmem_map(struct vm_fault *vmf, struct xpmem_tg *owner,
 	 * Where the owner handles its own faults (userfaultfd), GUP must not
 	 * fault under our lock: it could not wait for the handler.
 	 */
-	owner_handles = xpmem_owner_handles_faults(mm, address, &nr);
+	owner_handles = xpmem_owner_handles_faults(mm, address, write, &nr);
 	gup_flags = write ? FOLL_WRITE : 0;
 	got = xpmem_get_owner_pages(mm, address, nr,
 				    gup_flags | (owner_handles ? FOLL_NOFAULT : 0), pages);
@@ -957,7 +959,7 @@ static vm_fault_t xpmem_pfn_mkwrite(struct vm_fault *vmf)
 		goto out;	/* the CPU retries the store */
 	}
 	/* An owner with userfaultfd: only ->fault can wait for its handler. */
-	nofault = xpmem_owner_handles_faults(owner->mm, address, &nr) ? FOLL_NOFAULT : 0;
+	nofault = xpmem_owner_handles_faults(owner->mm, address, true, &nr) ? FOLL_NOFAULT : 0;
 	got = xpmem_get_owner_pages(owner->mm, address, 1, FOLL_WRITE | nofault, &page);
 	if (lock == XPMEM_OWNER_LOCKED)
 		mmap_read_unlock(owner->mm);
