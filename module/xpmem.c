@@ -315,14 +315,16 @@ static void xpmem_zap_from_notifier(struct xpmem_mm *xmm, unsigned long start,
 }
 
 /*
- * Orders revocations against faults: a fault that checked an attachment
- * before it was marked revoked has mapped its pages once this returns, and
- * every later fault sees the mark. The caller zaps afterwards.
+ * Finishes revoking attachments of [start, end) of @xmm's memory, once they
+ * are marked revoked: taking fault_lock waits for any fault that checked an
+ * attachment before the mark to have mapped its pages (every later fault
+ * sees the mark), then the zap removes them.
  */
-static void xpmem_fault_barrier(struct xpmem_mm *xmm)
+static void xpmem_revoke_range(struct xpmem_mm *xmm, unsigned long start, unsigned long end)
 {
 	mutex_lock(&xmm->fault_lock);
 	mutex_unlock(&xmm->fault_lock);
+	xpmem_zap(xmm, start, end);
 }
 
 /* ---- thread groups ------------------------------------------------------- */
@@ -488,7 +490,7 @@ static void xpmem_attachment_put(struct xpmem_attachment *att)
 
 /*
  * Takes @att out of the table: from now on it only faults SIGBUS. Under
- * xpmem_lock. The caller then runs xpmem_fault_barrier() and zaps, then
+ * xpmem_lock. The caller then runs xpmem_revoke_range(), then
  * xpmem_forget_attachment().
  */
 static void xpmem_take_attachment(struct xpmem_attachment *att)
@@ -580,8 +582,7 @@ static void xpmem_permit_finish(struct xpmem_permit *permit, struct list_head *t
 	struct xpmem_segment *seg = permit->seg;
 	struct xpmem_attachment *att, *next;
 
-	xpmem_fault_barrier(seg->owner->xmm);
-	xpmem_zap(seg->owner->xmm, seg->vaddr, seg->vaddr + seg->size);
+	xpmem_revoke_range(seg->owner->xmm, seg->vaddr, seg->vaddr + seg->size);
 	list_for_each_entry_safe(att, next, taken, permit_link) {
 		list_del_init(&att->permit_link);
 		if (unmap)
@@ -1083,8 +1084,7 @@ static long xpmem_make(struct xpmem_tg *tg, struct xpmem_cmd_make __user *arg)
 /* Revokes a removed segment's attachments; drops the table's reference. */
 static void xpmem_segment_finish(struct xpmem_segment *seg)
 {
-	xpmem_fault_barrier(seg->owner->xmm);
-	xpmem_zap(seg->owner->xmm, seg->vaddr, seg->vaddr + seg->size);
+	xpmem_revoke_range(seg->owner->xmm, seg->vaddr, seg->vaddr + seg->size);
 	xpmem_segment_put(seg);
 }
 
@@ -1354,10 +1354,8 @@ static long xpmem_detach(struct xpmem_tg *tg, struct xpmem_cmd_detach __user *ar
 	if (listed)
 		xpmem_take_attachment(att);
 	mutex_unlock(&xpmem_lock);
-	if (listed) {
-		xpmem_fault_barrier(att->owner->xmm);
-		xpmem_zap(att->owner->xmm, att->owner_start, att->owner_end);
-	}
+	if (listed)
+		xpmem_revoke_range(att->owner->xmm, att->owner_start, att->owner_end);
 	ret = xpmem_unmap_attachment(att);
 	if (listed)
 		xpmem_forget_attachment(att);
