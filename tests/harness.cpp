@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,8 +17,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <xpmem/xpmem.hpp>
+
+#include "user/protocol.hpp"
 
 namespace xt {
 
@@ -230,6 +235,25 @@ int count_open_fds() {
         if (entry->d_name[0] != '.') ++count;
     closedir(directory);
     return count - 1;  // the directory's own descriptor
+}
+
+int connect_user_service(pid_t pid) {
+    std::ifstream table("/proc/net/unix");
+    std::string line;
+    std::string prefix = "@" + xpmem::user::protocol::socket_name_prefix(pid);
+    while (std::getline(table, line)) {
+        std::size_t at = line.rfind(' ');
+        if (at == std::string::npos || line.compare(at + 1, prefix.size(), prefix) != 0) continue;
+        std::string name = line.substr(at + 2);
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        std::memcpy(address.sun_path + 1, name.data(), name.size());
+        auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+        if (connect(fd, reinterpret_cast<sockaddr *>(&address), length) == 0) return fd;
+        close(fd);
+    }
+    return -1;
 }
 
 bool readable_by_kernel(const void *address) {

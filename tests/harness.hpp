@@ -121,6 +121,9 @@ int count_open_fds();
 ssize_t send_descriptor(int socket, int fd, std::span<const std::byte> payload);
 // Receives one byte of payload and a descriptor sent by send_descriptor().
 int receive_descriptor(int socket);
+// A raw connection (SOCK_SEQPACKET) to the user-backend service of process `pid`, found
+// by its name in /proc/net/unix as any local process can; -1 if it has none.
+int connect_user_service(pid_t pid);
 // Whether the kernel can read from [address, address+1): false once it faults.
 bool readable_by_kernel(const void *address);
 

@@ -32,14 +32,8 @@ class Hostile : public xt::BackendTest {
 
 // A raw connection to the service of `pid`, as any local process can open.
 int raw_connect(pid_t pid) {
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    int fd = xt::connect_user_service(pid);
     CHILD_CHECK(fd >= 0);
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    std::string name = protocol::socket_name(pid);
-    std::memcpy(address.sun_path + 1, name.data(), name.size());
-    auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-    CHILD_CHECK(connect(fd, reinterpret_cast<sockaddr *>(&address), length) == 0);
     return fd;
 }
 

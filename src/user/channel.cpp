@@ -1,6 +1,8 @@
 #include "user/channel.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -8,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <string_view>
 
 #include "user/protocol.hpp"
 #include "util/error.hpp"
@@ -19,8 +22,7 @@ using util::throw_errno;
 using util::throw_last_errno;
 using util::UniqueFd;
 
-socklen_t abstract_address(pid_t pid, sockaddr_un &address) {
-    std::string name = protocol::socket_name(pid);
+socklen_t abstract_address(const std::string &name, sockaddr_un &address) {
     address = {};
     address.sun_family = AF_UNIX;
     // Abstract namespace: a leading NUL, no file, no permissions; SO_PEERCRED checks all.
@@ -28,35 +30,91 @@ socklen_t abstract_address(pid_t pid, sockaddr_un &address) {
     return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
 }
 
-UniqueFd new_socket() {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+UniqueFd new_socket(int flags = 0) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | flags, 0));
     if (!fd) throw_last_errno("socket");
     return fd;
 }
 
+// A nonblocking connection to the abstract `name`, answered by process `pid` (the pid
+// that listens on it, as the kernel recorded it).
+UniqueFd connect_to_name(const std::string &name, pid_t pid) {
+    UniqueFd fd = new_socket(SOCK_NONBLOCK);
+    sockaddr_un address;
+    socklen_t length = abstract_address(name, address);
+    // A Unix socket connects at once or, when the backlog is full, fails with EAGAIN.
+    while (::connect(fd.get(), reinterpret_cast<sockaddr *>(&address), length) < 0) {
+        if (errno == EINTR) continue;
+        throw_last_errno("connect");
+    }
+    // Anyone may bind an abstract name; only the process the id names is trusted.
+    if (peer_credentials(fd.get()).pid != pid) throw_errno(EACCES, "impostor service");
+    return fd;
+}
+
+// The names of the services of `pid` that are bound now, from /proc/net/unix (lines end
+// with "@<abstract name>").
+std::vector<std::string> service_names(pid_t pid) {
+    std::vector<std::string> names;
+    UniqueFd fd(::open("/proc/net/unix", O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+    if (!fd) return names;
+    std::string prefix = "@" + protocol::socket_name_prefix(pid);
+    std::string text;
+    char chunk[65536];
+    for (;;) {
+        ssize_t got = ::read(fd.get(), chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        text.append(chunk, static_cast<std::size_t>(got));
+    }
+    for (std::size_t at = 0; at < text.size();) {
+        std::size_t end = text.find('\n', at);
+        if (end == std::string::npos) end = text.size();
+        std::string_view line(text.data() + at, end - at);
+        std::size_t name = line.rfind(' ');
+        if (name != std::string_view::npos && line.substr(name + 1).starts_with(prefix))
+            names.emplace_back(line.substr(name + 2));
+        at = end + 1;
+    }
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    return names;
+}
+
 }  // namespace
 
-UniqueFd listen_on(pid_t pid) {
-    UniqueFd fd = new_socket();
+UniqueFd listen_on(pid_t pid, std::uint32_t key) {
+    UniqueFd fd = new_socket(SOCK_NONBLOCK);
     sockaddr_un address;
-    socklen_t length = abstract_address(pid, address);
+    socklen_t length = abstract_address(protocol::socket_name(pid, key), address);
     if (::bind(fd.get(), reinterpret_cast<sockaddr *>(&address), length) < 0)
         throw_last_errno("bind service socket");
     if (::listen(fd.get(), 128) < 0) throw_last_errno("listen");
     return fd;
 }
 
-UniqueFd connect_to(pid_t pid) {
-    UniqueFd fd = new_socket();
-    sockaddr_un address;
-    socklen_t length = abstract_address(pid, address);
-    while (::connect(fd.get(), reinterpret_cast<sockaddr *>(&address), length) < 0) {
-        if (errno == EINTR) continue;
-        throw_last_errno("connect");
+UniqueFd connect_to(pid_t pid, std::uint32_t key) {
+    return connect_to_name(protocol::socket_name(pid, key), pid);
+}
+
+UniqueFd connect_to_owner(std::int64_t segid, std::chrono::milliseconds timeout) {
+    pid_t pid = protocol::owner_pid(segid);
+    for (const std::string &name : service_names(pid)) {
+        try {
+            UniqueFd fd = connect_to_name(name, pid);
+            std::uint64_t nonce = 0;
+            if (::getrandom(&nonce, sizeof nonce, 0) != sizeof nonce)
+                throw_last_errno("getrandom");
+            send_message(fd.get(), bytes_of(protocol::HelloRequest{.nonce = nonce}), {}, true);
+            if (!wait_readable(fd.get(), timeout)) continue;
+            auto reply = receive_exactly<protocol::HelloReply>(fd.get());
+            if (reply.proof == protocol::proof_of_secret(protocol::owner_secret(segid), nonce))
+                return fd;
+        } catch (const std::system_error &error) {
+            if (error.code().value() == ENOMEM) throw;
+        }
     }
-    // Anyone may bind an abstract name first; only the process the id names is trusted.
-    if (peer_credentials(fd.get()).pid != pid) throw_errno(EACCES, "impostor service");
-    return fd;
+    throw_errno(ENOENT, "no such owner");
 }
 
 PeerCredentials peer_credentials(int socket) {

@@ -6,9 +6,12 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <vector>
 
+#include "user/protocol.hpp"
+#include "util/error.hpp"
 #include "util/unique_fd.hpp"
 
 namespace xpmem::user {
@@ -20,9 +23,16 @@ struct PeerCredentials {
     std::vector<gid_t> groups;  // supplementary groups at connect time
 };
 
-util::UniqueFd listen_on(pid_t pid);
-// Connects to the service of `pid` and checks that `pid` really is who answers.
-util::UniqueFd connect_to(pid_t pid);
+// A nonblocking listening socket at the service address of (`pid`, `key`); EADDRINUSE if
+// that name is taken.
+util::UniqueFd listen_on(pid_t pid, std::uint32_t key);
+// Connects to the service of (`pid`, `key`) without waiting (EAGAIN when its backlog is
+// full) and checks that `pid` really is who answers. The socket is nonblocking.
+util::UniqueFd connect_to(pid_t pid, std::uint32_t key);
+// Connects to the service of the owner of `segid`: the one among the services of its pid
+// that proves it knows the segid's secret within `timeout` (protocol.hpp). ENOENT if none
+// does. The socket is nonblocking.
+util::UniqueFd connect_to_owner(std::int64_t segid, std::chrono::milliseconds timeout);
 PeerCredentials peer_credentials(int socket);
 
 // Sends one message; `nonblocking` fails with EAGAIN instead of waiting for buffer space.
@@ -41,6 +51,18 @@ bool wait_readable(int socket, std::chrono::milliseconds timeout);
 template <class Message>
 std::span<const std::byte> bytes_of(const Message &message) {
     return std::as_bytes(std::span(&message, 1));
+}
+
+// Receives a message of exactly type `Message` (ECONNRESET at end of stream, else EPROTO).
+template <class Message>
+Message receive_exactly(int socket, std::vector<util::UniqueFd> *fds = nullptr) {
+    Message message;
+    std::size_t size = receive_message(socket, std::as_writable_bytes(std::span(&message, 1)), fds);
+    if (size == 0) util::throw_errno(ECONNRESET, "peer closed");
+    if (size != sizeof message || message.header.magic != protocol::kMagic ||
+        message.header.type != Message{}.header.type)
+        util::throw_errno(EPROTO, "unexpected message");
+    return message;
 }
 
 }  // namespace xpmem::user

@@ -35,8 +35,6 @@ using util::throw_errno;
 using util::throw_last_errno;
 using util::UniqueFd;
 
-constexpr std::uint64_t kBackingSize = std::uint64_t{1} << 58;
-constexpr std::uint64_t kSpillBase = std::uint64_t{1} << 57;  // above every user address
 constexpr std::uintptr_t kStep = 2 << 20;
 constexpr std::size_t kPagesPerStep = kStep / kPageSize;
 
@@ -307,66 +305,85 @@ void convert_quiet(int backing, std::uint64_t offset, const Vma &vma, std::uintp
 
 }  // namespace
 
-Backing::Backing()
-    : fd_(static_cast<int>(::memfd_create("xpmem-backing", MFD_CLOEXEC | MFD_ALLOW_SEALING))),
-      next_spill_offset_(kSpillBase) {
-    if (!fd_) throw_last_errno("memfd_create");
-    if (::ftruncate(fd_.get(), static_cast<off_t>(kBackingSize)) < 0) throw_last_errno("ftruncate");
-    // Attachers hold this descriptor: none of them may shrink it under the owner.
-    if (::fcntl(fd_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
-        throw_last_errno("F_ADD_SEALS");
-    std::string self = "/proc/self/fd/" + std::to_string(fd_.get());
-    read_only_fd_.reset(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!read_only_fd_) throw_last_errno("reopen backing read-only");
+Backing::File *Backing::file_of(const Vma &vma) {
+    if (!vma.shared || files_.empty()) return nullptr;
+    auto it = files_.find(vma.inode);
+    if (it == files_.end()) return nullptr;
     struct stat status {};
-    if (::fstat(fd_.get(), &status) < 0) throw_last_errno("fstat backing");
-    device_ = status.st_dev;
-    inode_ = status.st_ino;
+    if (::fstat(it->second.fd.get(), &status) < 0 || status.st_dev != vma.device) return nullptr;
+    return &it->second;
 }
 
-std::uint64_t Backing::choose_offset(std::uintptr_t start, std::uintptr_t end,
-                                     std::span<const Vma> maps, std::span<const Interval> ours) {
-    // The natural offset is the address itself, unless memory the owner moved (mremap,
-    // realloc) still lives at those offsets elsewhere.
-    for (const Vma &vma : maps) {
-        if (!backs(vma) || vma.offset == vma.start) continue;
-        bool library_owned = std::any_of(ours.begin(), ours.end(), [&](const Interval &i) {
-            return vma.start >= i.start && vma.end <= i.end;
-        });
-        if (library_owned) continue;
-        std::uint64_t vma_end = vma.offset + (vma.end - vma.start);
-        if (vma.offset < end && start < vma_end) {
-            std::uint64_t spill = next_spill_offset_;
-            next_spill_offset_ += end - start;
-            return spill;
-        }
-    }
-    return start;
+Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memory) {
+    for (auto &[inode, file] : files_)
+        if (file.segid == segment.segid && file.writable_memory == writable_memory) return file;
+    UniqueFd fd(static_cast<int>(::memfd_create(writable_memory ? "xpmem-segment-rw"
+                                                                 : "xpmem-segment-ro",
+                                                MFD_CLOEXEC | MFD_ALLOW_SEALING)));
+    if (!fd) throw_last_errno("memfd_create");
+    if (::ftruncate(fd.get(), static_cast<off_t>(segment.size)) < 0) throw_last_errno("ftruncate");
+    // Attachers hold these descriptors: none of them may resize the file under the owner,
+    // nor reopen a read-only descriptor for writing.
+    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+        throw_last_errno("F_ADD_SEALS");
+    if (::fchmod(fd.get(), S_IRUSR) < 0) throw_last_errno("fchmod");
+    struct stat status {};
+    if (::fstat(fd.get(), &status) < 0) throw_last_errno("fstat");
+    File file{std::move(fd), segment.segid, segment.start, segment.size, writable_memory};
+    return files_.insert_or_assign(status.st_ino, std::move(file)).first->second;
 }
 
-std::uint64_t Backing::make_shareable(const Vma &vma, std::uintptr_t start, std::uintptr_t end,
-                                      std::span<const Vma> maps, std::span<const Interval> ours,
-                                      std::span<const std::uintptr_t> unprotectable) {
-    std::uint64_t offset = choose_offset(start, end, maps, ours);
+Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &vma,
+                                       std::uintptr_t start, std::uintptr_t end,
+                                       std::span<const std::uintptr_t> unprotectable) {
+    File *source = file_of(vma);
+    File &target = file_for(segment, vma.writable);
+    std::uint64_t offset = start - segment.start;
     // Stale data from an earlier conversion at these offsets must not show through.
-    if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+    if (::fallocate(target.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     static_cast<off_t>(offset), static_cast<off_t>(end - start)) < 0)
-        throw_last_errno("punch backing");
+        throw_last_errno("punch segment file");
     if (vma.writable && !vma.file_backed())
-        convert_write_protected(fd_.get(), offset, vma, start, end, unprotectable);
+        convert_write_protected(target.fd.get(), offset, vma, start, end, unprotectable);
     else if (vma.writable)
-        convert_guarded(fd_.get(), offset, vma, start, end);
+        convert_guarded(target.fd.get(), offset, vma, start, end);
     else
-        convert_quiet(fd_.get(), offset, vma, start, end);
-    return offset;
+        convert_quiet(target.fd.get(), offset, vma, start, end);
+    if (source != nullptr)  // the range left that file: free its copy there
+        ::fallocate(source->fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    static_cast<off_t>(vma.offset + (start - vma.start)),
+                    static_cast<off_t>(end - start));
+    return target;
 }
 
-void make_private_after_fork(int backing_fd) noexcept {
+UniqueFd Backing::descriptor(File &file, bool writable) {
+    UniqueFd fd;
+    if (writable) {
+        fd.reset(::fcntl(file.fd.get(), F_DUPFD_CLOEXEC, 0));
+    } else {
+        std::string self = "/proc/self/fd/" + std::to_string(file.fd.get());
+        fd.reset(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
+    }
+    if (!fd) throw_last_errno("segment file descriptor");
+    file.handed_out = true;
+    return fd;
+}
+
+void Backing::forget_unmapped(std::span<const Vma> maps) {
+    for (auto it = files_.begin(); it != files_.end();) {
+        bool mapped = std::any_of(maps.begin(), maps.end(), [&](const Vma &vma) {
+            return vma.shared && vma.inode == it->first;
+        });
+        it = mapped ? std::next(it) : files_.erase(it);
+    }
+}
+
+void Backing::make_private_after_fork() noexcept {
     try {
-        struct stat status {};
-        if (::fstat(backing_fd, &status) < 0) return;
         for (const Vma &vma : read_maps()) {
-            if (!vma.shared || vma.inode != status.st_ino || vma.device != status.st_dev) continue;
+            File *file = file_of(vma);
+            if (file == nullptr) continue;
+            int fd = file->fd.get();
             std::size_t length = vma.end - vma.start;
             void *at = ::mmap(nullptr, length, PROT_READ | PROT_WRITE,
                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -376,9 +393,9 @@ void make_private_after_fork(int backing_fd) noexcept {
             auto from = static_cast<off_t>(vma.offset);
             auto limit = static_cast<off_t>(vma.offset + length);
             while (from < limit) {
-                off_t data = ::lseek(backing_fd, from, SEEK_DATA);
+                off_t data = ::lseek(fd, from, SEEK_DATA);
                 if (data < 0 || data >= limit) break;
-                off_t hole = std::min(::lseek(backing_fd, data, SEEK_HOLE), limit);
+                off_t hole = std::min(::lseek(fd, data, SEEK_HOLE), limit);
                 auto skip = static_cast<std::size_t>(data - static_cast<off_t>(vma.offset));
                 std::memcpy(copy.data() + skip, reinterpret_cast<const void *>(vma.start + skip),
                             static_cast<std::size_t>(hole - data));

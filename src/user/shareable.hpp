@@ -1,13 +1,20 @@
-// Making this process's private memory shareable in place, and private again after fork.
+// Making this process's private memory shareable in place, segment by segment, and
+// private again after fork.
 //
-// Every process has one backing memfd. Private memory at address A becomes a MAP_SHARED
-// mapping of the backing at file offset A (so neighbouring conversions merge into one
-// VMA), filled with the same bytes, without losing a store made meanwhile:
+// Converted memory lives in memfds that belong to one segment each: a segment's memory at
+// address A is a MAP_SHARED mapping of its file at offset A - segment start, and the file
+// is exactly as large as the segment (sealed). Memory the owner can write and memory it
+// cannot live in two different files. So a descriptor handed out for a segment reaches
+// that segment and nothing else, and a descriptor of read-only memory never writes it.
+// The files are mode 0400: a read-only descriptor cannot be reopened for writing through
+// /proc by anyone but root (or the owner's uid, which can chmod it back).
+//
+// Conversion fills the file with the same bytes, without losing a store made meanwhile:
 //   - private anonymous writable memory is write-protected with userfaultfd (writers
 //     block in the kernel), copied, the copy mremap'ed over it, then writers are woken;
-//   - private file mappings that are writable (.data) cannot be registered with
-//     userfaultfd: they are made read-only for the copy, and a SIGSEGV handler parks any
-//     writer until the copy is in place;
+//   - writable file mappings (.data, or another segment's file) cannot be registered with
+//     userfaultfd here: they are made read-only for the copy, and a SIGSEGV handler parks
+//     any writer until the copy is in place;
 //   - memory nobody can write (read-only mappings) is simply copied.
 // Conversions run in steps of at most 2 MiB, which bounds how long a writer stalls.
 // Between write-protect and wake nothing allocates or takes a lock: a blocked writer may
@@ -16,7 +23,9 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <map>
 #include <span>
 
 #include "user/address_space.hpp"
@@ -29,42 +38,51 @@ struct Interval {
     std::uintptr_t end;
 };
 
-class Backing {
-  public:
-    Backing();
-
-    int fd() const { return fd_.get(); }
-    // A read-only descriptor of the same file, for read-only permits.
-    int read_only_fd() const { return read_only_fd_.get(); }
-    // Whether `vma` is a mapping of this backing.
-    bool backs(const Vma &vma) const {
-        return vma.shared && vma.inode == inode_ && vma.device == device_;
-    }
-    dev_t device() const { return device_; }
-    ino_t inode() const { return inode_; }
-
-    // Converts [start, end) of private `vma` in place. `maps` is the current address
-    // space and `ours` the library's own mappings (attachments), which may alias the
-    // backing anywhere; `unprotectable` lists, sorted, the pages that must not be
-    // write-protected (threads.hpp). Returns the file offset where `start` now lives.
-    std::uint64_t make_shareable(const Vma &vma, std::uintptr_t start, std::uintptr_t end,
-                                 std::span<const Vma> maps, std::span<const Interval> ours,
-                                 std::span<const std::uintptr_t> unprotectable);
-
-  private:
-    std::uint64_t choose_offset(std::uintptr_t start, std::uintptr_t end, std::span<const Vma> maps,
-                                std::span<const Interval> ours);
-
-    util::UniqueFd fd_;
-    util::UniqueFd read_only_fd_;
-    dev_t device_ = 0;
-    ino_t inode_ = 0;
-    std::uint64_t next_spill_offset_;
+// A segment as conversion sees it.
+struct SegmentRange {
+    std::int64_t segid;
+    std::uintptr_t start;
+    std::size_t size;
 };
 
-// In a fork child: gives every mapping of the parent's backing private copy-on-write
-// semantics again by copying it into private anonymous memory in place.
-void make_private_after_fork(int backing_fd) noexcept;
+class Backing {
+  public:
+    // One file of converted memory.
+    struct File {
+        util::UniqueFd fd;
+        std::int64_t segid;        // the segment it belongs to (which may be removed since)
+        std::uintptr_t start;      // the segment's range: file offset 0 is this address
+        std::size_t size;
+        bool writable_memory;      // holds memory the owner could write when converted
+        bool handed_out = false;   // a descriptor of it left this process
+    };
+
+    // The file `vma` maps, if it is one of ours.
+    File *file_of(const Vma &vma);
+
+    // Converts [start, end) of `vma` in place into `segment`'s file for memory of that
+    // protection, and returns the file. `vma` is private memory, or a mapping of another
+    // segment's file that was never handed out (the range then leaves that file). `ours`
+    // are the library's own mappings, never converted; `unprotectable` lists, sorted, the
+    // pages that must not be write-protected (threads.hpp).
+    File &make_shareable(const SegmentRange &segment, const Vma &vma, std::uintptr_t start,
+                         std::uintptr_t end, std::span<const std::uintptr_t> unprotectable);
+
+    // A descriptor of `file` to hand out: read-write, or reopened read-only.
+    util::UniqueFd descriptor(File &file, bool writable);
+
+    // Closes the files the owner no longer maps anywhere in `maps`.
+    void forget_unmapped(std::span<const Vma> maps);
+
+    // In a fork child: gives every mapping of our files private copy-on-write semantics
+    // again by copying it into private anonymous memory in place.
+    void make_private_after_fork() noexcept;
+
+  private:
+    File &file_for(const SegmentRange &segment, bool writable_memory);
+
+    std::map<ino_t, File> files_;  // all memfds live on one device
+};
 
 // Forgets a closed guard window once its stragglers have been served; true while one is
 // still pending (the caller checks again later).

@@ -15,12 +15,16 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -48,12 +52,24 @@ using util::throw_last_errno;
 using util::UniqueFd;
 
 constexpr std::size_t kServiceStackSize = 512 * 1024;
+// Peers are bounded so that they can neither exhaust the owner's memory nor starve its
+// application of descriptors: sessions take at most a quarter of RLIMIT_NOFILE (within
+// these bounds), another uid at most a quarter of those, and a session at most
+// kMaxGrantsPerSession permits. The owner's own uid is bounded only by the total: it could
+// harm the owner in other ways anyway.
+constexpr std::size_t kMinSessions = 64;
 constexpr std::size_t kMaxSessions = 4096;
+constexpr std::size_t kMaxGrantsPerSession = 4096;
 constexpr std::chrono::milliseconds kRevokeTimeout{2000};
+// How long an attacher waits for an owner's reply before giving up with ETIMEDOUT
+// (XPMEM_USER_TIMEOUT_MS overrides it). A reply converts at most kMaxConvertPerReply.
+constexpr std::chrono::milliseconds kDefaultRequestTimeout{10000};
+constexpr std::size_t kMaxConvertPerReply = std::size_t{256} << 20;
 constexpr std::uint64_t kStopTag = 0;
 constexpr std::uint64_t kListenTag = 1;
-constexpr std::uint64_t kLinkTag = std::uint64_t{1} << 62;  // | owner pid
+constexpr std::uint64_t kLinkTag = std::uint64_t{1} << 62;  // | protocol::owner_of(segid)
 constexpr std::uint64_t kFirstSessionTag = 2;
+constexpr std::uint32_t kMaxKeyDraws = 64;
 
 // Taken when the library is loaded, by the thread that loads it: the main thread, for a
 // program linked with -lxpmem.
@@ -74,16 +90,18 @@ struct Grant {
 // A connection from a peer to this process's service.
 struct Session {
     UniqueFd socket;
-    PeerCredentials peer;
+    PeerCredentials peer;  // as recorded at connect time; the only identity ever used
+    std::uint32_t peer_key = 0;  // the key of the peer's own service, from its GETs
     std::map<std::uint64_t, Grant> grants;  // guarded by mutex_
     std::uint64_t next_grant = 1;
 };
 
 // A connection from this process to an owner's service.
 struct Link {
-    pid_t owner;
+    std::uint64_t owner;  // protocol::owner_of() of its segids
     UniqueFd socket;
     std::mutex mutex;  // one request/reply at a time
+    bool broken = false;  // guarded by `mutex`: a reply timed out, the stream is out of step
 };
 
 struct PermitRecord {
@@ -100,18 +118,6 @@ struct AttachmentRecord {
     int prot;
     bool revoked = false;
 };
-
-// Receives a message of exactly type `Message` or throws EPROTO.
-template <class Message>
-Message receive_exactly(int socket, std::vector<UniqueFd> *fds = nullptr) {
-    Message message;
-    std::size_t size = receive_message(socket, std::as_writable_bytes(std::span(&message, 1)), fds);
-    if (size == 0) throw_errno(ECONNRESET, "peer closed");
-    if (size != sizeof message || message.header.magic != protocol::kMagic ||
-        message.header.type != Message{}.header.type)
-        throw_errno(EPROTO, "unexpected message");
-    return message;
-}
 
 class UserBackend final : public Backend {
   public:
@@ -141,25 +147,32 @@ class UserBackend final : public Backend {
     void handle_attach(Session &session, const protocol::AttachRequest &request);
     void handle_revoke(Session &session, const protocol::RevokeRequest &request);
     void close_session(std::uint64_t tag);
-    void owner_gone(pid_t owner);
-    void build_pieces(std::uintptr_t start, std::uintptr_t end, bool read_only,
+    void owner_gone(std::uint64_t owner);
+    bool session_allowed_locked(const PeerCredentials &peer) const;
+    void build_pieces(const SegmentRange &segment, std::uintptr_t start, std::uintptr_t end,
+                      bool read_only,
                       std::span<const Interval> ours,
                       std::span<const std::uintptr_t> known_rseq_pages,
                       protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
 
     // attacher side
-    std::shared_ptr<Link> link_to(pid_t owner);
+    std::shared_ptr<Link> link_to(xpmem_segid_t segid);
+    template <class Reply, class Request>
+    Reply ask(Link &link, const Request &request, std::vector<UniqueFd> *fds = nullptr);
     void map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
                     std::span<const UniqueFd> fds, bool read_only, std::size_t limit,
                     std::size_t &mapped);
     void revoke_locked(xpmem_segid_t segid);
     void map_sigbus(std::uintptr_t start, std::size_t size, int prot);
-    void notify_revoke(pid_t attacher, xpmem_segid_t segid);
     std::vector<Interval> library_intervals_locked() const;
     void note_caller_locked() { known_rseq_pages_.insert(current_rseq_page()); }
 
     const pid_t pid_;
+    const std::uint32_t secret_;  // carried in our segids; our service proves it knows it
+    std::uint32_t key_ = 0;       // drawn at random; names our service together with pid_
     const Owner self_;
+    const std::chrono::milliseconds request_timeout_;
+    const std::size_t max_sessions_;
     UniqueFd sigbus_;  // empty sealed memfd: every touch of a mapping of it is SIGBUS
     UniqueFd listen_;
     UniqueFd epoll_;
@@ -173,25 +186,57 @@ class UserBackend final : public Backend {
     std::map<xpmem_segid_t, SegmentRecord> segments_;
     std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
     std::uint64_t next_session_tag_ = kFirstSessionTag;
-    std::map<pid_t, std::shared_ptr<Link>> links_;
+    std::map<std::uint64_t, std::shared_ptr<Link>> links_;  // by protocol::owner_of()
     std::map<xpmem_apid_t, PermitRecord> permits_;
     std::map<std::uintptr_t, AttachmentRecord> attachments_;
-    std::set<xpmem_segid_t> revoked_;
-    std::optional<Backing> backing_;  // created by the service thread on first conversion
+    std::map<std::uintptr_t, std::size_t> attaching_;  // ranges being mapped by attach()
+    std::set<xpmem_segid_t> revoked_;  // only segids we hold permits for
+    Backing backing_;  // used by the service thread only (and the fork child)
     std::set<std::uintptr_t> known_rseq_pages_{loading_thread_rseq_page};  // callers' threads
 };
 
+std::uint32_t random_number() {
+    std::uint32_t number = 0;
+    if (::getrandom(&number, sizeof number, 0) != sizeof number) throw_last_errno("getrandom");
+    return number;
+}
+
+std::chrono::milliseconds request_timeout_from_environment() {
+    const char *value = std::getenv("XPMEM_USER_TIMEOUT_MS");
+    if (value == nullptr || *value == '\0') return kDefaultRequestTimeout;
+    char *end = nullptr;
+    long milliseconds = std::strtol(value, &end, 10);
+    if (*end != '\0' || milliseconds <= 0) return kDefaultRequestTimeout;
+    return std::chrono::milliseconds(milliseconds);
+}
+
+std::size_t session_budget() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) < 0) return kMinSessions;
+    return std::clamp<std::size_t>(limit.rlim_cur / 4, kMinSessions, kMaxSessions);
+}
+
 UserBackend::UserBackend()
     : pid_(::getpid()),
+      secret_(random_number() & protocol::kSecretMask),
       self_{::geteuid(), ::getegid()},
-      next_serial_(static_cast<std::uint32_t>(
-                       std::chrono::steady_clock::now().time_since_epoch().count() & 0xffff) +
-                   1) {
+      request_timeout_(request_timeout_from_environment()),
+      max_sessions_(session_budget()),
+      next_serial_(random_number()) {
     sigbus_.reset(static_cast<int>(::memfd_create("xpmem-hole", MFD_CLOEXEC | MFD_ALLOW_SEALING)));
     if (!sigbus_) throw_last_errno("memfd_create");
     if (::fcntl(sigbus_.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
         throw_last_errno("seal hole file");
-    listen_ = listen_on(pid_);
+    // Someone may have bound a name first (by chance or to keep us from starting): draw
+    // another key.
+    for (std::uint32_t draw = 0; !listen_; ++draw) {
+        key_ = random_number();
+        try {
+            listen_ = listen_on(pid_, key_);
+        } catch (const std::system_error &error) {
+            if (error.code().value() != EADDRINUSE || draw + 1 == kMaxKeyDraws) throw;
+        }
+    }
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!epoll_ || !stop_) throw_last_errno("epoll/eventfd");
@@ -235,7 +280,7 @@ UserBackend::~UserBackend() {
 
 void UserBackend::after_fork_child() noexcept {
     mutex_.unlock();
-    if (backing_) make_private_after_fork(backing_->fd());
+    backing_.make_private_after_fork();
     // Attachments were not inherited (MADV_DONTFORK): forget them without unmapping.
     // Descriptors close with the tables.
     service_running_ = false;
@@ -246,23 +291,26 @@ void UserBackend::after_fork_child() noexcept {
 xpmem_segid_t UserBackend::make(std::uintptr_t address, std::size_t size, mode_t mode) {
     std::lock_guard lock(mutex_);
     note_caller_locked();
-    xpmem_segid_t segid = protocol::make_id(next_serial_++, pid_);
+    xpmem_segid_t segid;
+    do {  // the serial wraps after 2^16 segments; skip those still live
+        segid = protocol::make_segid(next_serial_++, secret_, pid_);
+    } while (segments_.count(segid) != 0);
     segments_.emplace(segid, SegmentRecord{address, size, mode, self_});
     return segid;
 }
 
 void UserBackend::remove(xpmem_segid_t segid) {
-    pid_t owner = protocol::pid_of(segid);
-    if (owner != pid_) {
-        // Not ours: EACCES if some process answers for it, else it is unknown.
+    if (protocol::owner_of(segid) != protocol::owner_of(protocol::make_segid(0, secret_, pid_))) {
+        // Not ours: EACCES if its owner answers, else it is unknown.
         try {
-            connect_to(owner);
+            connect_to_owner(segid, request_timeout_);
         } catch (const std::system_error &) {
             throw_errno(EINVAL, "xpmem_remove: unknown segment");
         }
         throw_errno(EACCES, "xpmem_remove: not the owner");
     }
-    std::set<pid_t> attachers;
+    std::map<pid_t, std::uint32_t> attachers;  // pid -> key of its service
+    bool ours = false;
     {
         std::lock_guard lock(mutex_);
         if (segments_.erase(segid) == 0) throw_errno(EINVAL, "xpmem_remove: unknown segment");
@@ -272,37 +320,51 @@ void UserBackend::remove(xpmem_segid_t segid) {
                     ++it;
                     continue;
                 }
-                attachers.insert(session->peer.pid);
+                if (session->peer.pid == pid_)
+                    ours = true;
+                else
+                    attachers[session->peer.pid] = session->peer_key;
                 it = session->grants.erase(it);
             }
         }
-        if (attachers.erase(pid_) != 0) revoke_locked(segid);
+        if (ours) revoke_locked(segid);
     }
-    for (pid_t attacher : attachers) notify_revoke(attacher, segid);
-}
-
-void UserBackend::notify_revoke(pid_t attacher, xpmem_segid_t segid) {
+    // Tell every attacher's service at once and wait at most kRevokeTimeout for them all.
     // Best effort: an attacher that is gone has nothing left to revoke; one that does not
-    // answer in time keeps what it mapped (see the README's limits).
-    try {
-        UniqueFd socket = connect_to(attacher);
-        send_message(socket.get(), bytes_of(protocol::RevokeRequest{.segid = segid}));
-        if (wait_readable(socket.get(), kRevokeTimeout))
+    // answer in time keeps what it mapped (see the README's security model).
+    std::vector<UniqueFd> notified;
+    for (auto [attacher, key] : attachers) {
+        try {
+            UniqueFd socket = connect_to(attacher, key);
+            send_message(socket.get(), bytes_of(protocol::RevokeRequest{.segid = segid}), {},
+                         true);
+            notified.push_back(std::move(socket));
+        } catch (const std::system_error &) {
+        }
+    }
+    auto deadline = std::chrono::steady_clock::now() + kRevokeTimeout;
+    for (const UniqueFd &socket : notified) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0 || !wait_readable(socket.get(), left)) break;
+        try {
             receive_exactly<protocol::RevokeReply>(socket.get());
-    } catch (const std::system_error &) {
+        } catch (const std::system_error &) {
+        }
     }
 }
 
 // ---- attacher side: the application's calls ----------------------------------------
 
-std::shared_ptr<Link> UserBackend::link_to(pid_t owner) {
+std::shared_ptr<Link> UserBackend::link_to(xpmem_segid_t segid) {
+    std::uint64_t owner = protocol::owner_of(segid);
     {
         std::lock_guard lock(mutex_);
         if (auto it = links_.find(owner); it != links_.end()) return it->second;
     }
     UniqueFd socket;
     try {
-        socket = connect_to(owner);
+        socket = connect_to_owner(segid, request_timeout_);
     } catch (const std::system_error &error) {
         if (error.code().value() == ENOMEM) throw;
         throw_errno(ENOENT, "no such owner");
@@ -314,29 +376,49 @@ std::shared_ptr<Link> UserBackend::link_to(pid_t owner) {
         it->second->owner = owner;
         it->second->socket = std::move(socket);
         // The service thread watches for the owner's end: its exit revokes everything.
-        epoll_event event{EPOLLRDHUP, {.u64 = kLinkTag | static_cast<std::uint32_t>(owner)}};
+        epoll_event event{EPOLLRDHUP, {.u64 = kLinkTag | owner}};
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, it->second->socket.get(), &event);
     }
     return it->second;
 }
 
-xpmem_apid_t UserBackend::get(xpmem_segid_t segid, int flags) {
-    std::shared_ptr<Link> link = link_to(protocol::pid_of(segid));
-    protocol::GetReply reply;
-    {
-        std::lock_guard lock(link->mutex);
+// One request and its reply on `link`, waiting at most request_timeout_. The owner being
+// gone is ENOENT, no reply in time ETIMEDOUT; after either the link is dropped, so that
+// the next call connects afresh rather than read a late reply.
+template <class Reply, class Request>
+Reply UserBackend::ask(Link &link, const Request &request, std::vector<UniqueFd> *fds) {
+    std::lock_guard lock(link.mutex);
+    int error = ENOENT;
+    if (!link.broken) {
         try {
-            send_message(link->socket.get(),
-                         bytes_of(protocol::GetRequest{.segid = segid, .flags = flags}));
-            reply = receive_exactly<protocol::GetReply>(link->socket.get());
-        } catch (const std::system_error &) {
-            throw_errno(ENOENT, "xpmem_get: owner gone");
+            send_message(link.socket.get(), bytes_of(request), {}, true);
+            if (wait_readable(link.socket.get(), request_timeout_))
+                return receive_exactly<Reply>(link.socket.get(), fds);
+            error = ETIMEDOUT;
+        } catch (const std::system_error &failure) {
+            if (failure.code().value() == EPROTO) error = EPROTO;
+        }
+        link.broken = true;
+    }
+    {
+        std::lock_guard tables(mutex_);
+        auto it = links_.find(link.owner);
+        if (it != links_.end() && it->second.get() == &link) {
+            ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, link.socket.get(), nullptr);
+            links_.erase(it);
         }
     }
+    throw_errno(error, error == ETIMEDOUT ? "owner did not answer in time" : "owner gone");
+}
+
+xpmem_apid_t UserBackend::get(xpmem_segid_t segid, int flags) {
+    std::shared_ptr<Link> link = link_to(segid);
+    auto reply = ask<protocol::GetReply>(
+        *link, protocol::GetRequest{.segid = segid, .flags = flags, .attacher_key = key_});
     if (reply.error != 0) throw_errno(reply.error, "xpmem_get");
     std::lock_guard lock(mutex_);
     note_caller_locked();
-    xpmem_apid_t apid = protocol::make_id(next_serial_++, pid_);
+    xpmem_apid_t apid = protocol::make_apid(next_serial_++, pid_);
     permits_.emplace(apid, PermitRecord{segid, flags, reply.permit, std::move(link)});
     return apid;
 }
@@ -366,8 +448,9 @@ void UserBackend::release(xpmem_apid_t apid) {
     }
     std::lock_guard lock(link->mutex);
     try {
-        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}), {},
-                     true);
+        if (!link->broken)
+            send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}),
+                         {}, true);
     } catch (const std::system_error &) {
         // The owner is gone or not reading; it forgets the grant when the link closes.
     }
@@ -433,29 +516,36 @@ void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t s
         map_sigbus(reinterpret_cast<std::uintptr_t>(at), size, prot);  // MAP_FIXED semantics
         range = Mapping(at, size);
     }
+    // Until it is recorded, the range is ours all the same: our service must never hand
+    // it out as the application's memory.
+    std::uintptr_t start = range.address();
     {
-        std::lock_guard lock(permit.link->mutex);
-        std::size_t mapped = 0;
-        while (mapped < size) {
-            protocol::AttachReply reply;
-            std::vector<UniqueFd> fds;
-            try {
-                send_message(
-                    permit.link->socket.get(),
-                    bytes_of(protocol::AttachRequest{
-                        .permit = permit.grant, .offset = offset + mapped, .size = size - mapped}));
-                reply = receive_exactly<protocol::AttachReply>(permit.link->socket.get(), &fds);
-            } catch (const std::system_error &error) {
-                if (error.code().value() == EPROTO) throw;
-                throw_errno(ENOENT, "xpmem_attach: owner gone");
-            }
-            if (reply.error != 0) throw_errno(reply.error, "xpmem_attach");
-            map_pieces(range.address(), reply, fds, read_only, size, mapped);
+        std::lock_guard lock(mutex_);
+        attaching_[start] = size;
+    }
+    struct Unlist {
+        UserBackend &self;
+        std::uintptr_t start;
+        ~Unlist() {
+            std::lock_guard lock(self.mutex_);
+            self.attaching_.erase(start);
         }
+    } unlist{*this, start};
+    std::size_t mapped = 0;
+    while (mapped < size) {
+        std::vector<UniqueFd> fds;
+        auto reply = ask<protocol::AttachReply>(
+            *permit.link,
+            protocol::AttachRequest{
+                .permit = permit.grant, .offset = offset + mapped, .size = size - mapped},
+            &fds);
+        if (reply.error != 0) throw_errno(reply.error, "xpmem_attach");
+        map_pieces(start, reply, fds, read_only, size, mapped);
     }
     ::madvise(range.data(), size, MADV_DONTFORK);  // fork children inherit no attachment
     std::lock_guard lock(mutex_);
-    std::uintptr_t start = range.address();
+    // Released while we were mapping: the attachment has no permit to live by.
+    if (permits_.count(apid) == 0) throw_errno(EINVAL, "xpmem_attach: permit released");
     attachments_[start] = AttachmentRecord{size, apid, permit.segid, prot};
     range.release();
     // Removed while we were mapping: revoke what we just made.
@@ -486,6 +576,10 @@ void UserBackend::detach(void *address) {
 
 // Every attachment of `segid` now raises SIGBUS on touch.
 void UserBackend::revoke_locked(xpmem_segid_t segid) {
+    // Only segids we hold permits for are remembered: a forged REVOKE grows nothing.
+    if (std::none_of(permits_.begin(), permits_.end(),
+                     [&](const auto &permit) { return permit.second.segid == segid; }))
+        return;
     revoked_.insert(segid);
     for (auto &[start, attachment] : attachments_) {
         if (attachment.segid != segid || attachment.revoked) continue;
@@ -500,6 +594,9 @@ std::vector<Interval> UserBackend::library_intervals_locked() const {
     ours.push_back({service_stack_.address(), service_stack_.address() + service_stack_.size()});
     for (const auto &[start, attachment] : attachments_)
         ours.push_back({start, start + attachment.size});
+    for (const auto &[start, size] : attaching_) ours.push_back({start, start + size});
+    std::sort(ours.begin(), ours.end(),
+              [](const Interval &a, const Interval &b) { return a.start < b.start; });
     return ours;
 }
 
@@ -512,40 +609,67 @@ void *UserBackend::service_main(void *self) {
 
 void UserBackend::serve() {
     std::array<epoll_event, 16> events;
+    bool listening = true;
     for (;;) {
-        int timeout = expire_guard_window() ? 50 : -1;
+        int timeout = expire_guard_window() || !listening ? 50 : -1;
         int count = ::epoll_wait(epoll_.get(), events.data(), events.size(), timeout);
         if (count < 0) {
             if (errno == EINTR) continue;
             return;
         }
+        if (!listening) {  // descriptors ran out a moment ago: try accepting again
+            epoll_event event{EPOLLIN, {.u64 = kListenTag}};
+            listening = ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listen_.get(), &event) == 0;
+        }
         for (int i = 0; i < count; ++i) {
             std::uint64_t tag = events[i].data.u64;
             try {
-                if (tag == kStopTag)
+                if (tag == kStopTag) {
                     return;
-                else if (tag == kListenTag)
+                } else if (tag == kListenTag) {
                     accept_session();
-                else if ((tag & kLinkTag) != 0)
-                    owner_gone(static_cast<pid_t>(tag & 0xffffffff));
-                else
+                } else if ((tag & kLinkTag) != 0) {
+                    owner_gone(tag & ~kLinkTag);
+                } else {
                     serve_session(tag);
-            } catch (const std::exception &) {
+                }
+            } catch (const std::system_error &error) {
+                // Out of descriptors: stop watching the listening socket for a moment
+                // rather than spin on a connection that cannot be accepted.
+                if (tag == kListenTag &&
+                    (error.code().value() == EMFILE || error.code().value() == ENFILE)) {
+                    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listen_.get(), nullptr);
+                    listening = false;
+                }
                 // A failure with one peer never stops the service for the others.
+                if (tag >= kFirstSessionTag && (tag & kLinkTag) == 0) close_session(tag);
+            } catch (const std::exception &) {
                 if (tag >= kFirstSessionTag && (tag & kLinkTag) == 0) close_session(tag);
             }
         }
     }
 }
 
+bool UserBackend::session_allowed_locked(const PeerCredentials &peer) const {
+    if (sessions_.size() >= max_sessions_) return false;
+    if (peer.uid == self_.uid) return true;
+    std::size_t same_uid = static_cast<std::size_t>(
+        std::count_if(sessions_.begin(), sessions_.end(),
+                      [&](const auto &entry) { return entry.second->peer.uid == peer.uid; }));
+    return same_uid < max_sessions_ / 4;
+}
+
 void UserBackend::accept_session() {
-    UniqueFd socket(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!socket) return;
+    UniqueFd socket(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!socket) {
+        if (errno == EAGAIN || errno == ECONNABORTED || errno == EINTR) return;
+        throw_last_errno("accept");
+    }
     auto session = std::make_unique<Session>();
     session->peer = peer_credentials(socket.get());
     session->socket = std::move(socket);
     std::lock_guard lock(mutex_);
-    if (sessions_.size() >= kMaxSessions) return;  // closes it
+    if (!session_allowed_locked(session->peer)) return;  // closes it
     std::uint64_t tag = next_session_tag_++;
     epoll_event event{EPOLLIN, {.u64 = tag}};
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, session->socket.get(), &event) < 0) return;
@@ -560,7 +684,7 @@ void UserBackend::close_session(std::uint64_t tag) {
     sessions_.erase(it);  // and with it every grant the peer held
 }
 
-void UserBackend::owner_gone(pid_t owner) {
+void UserBackend::owner_gone(std::uint64_t owner) {
     std::lock_guard lock(mutex_);
     auto link = links_.find(owner);
     if (link == links_.end()) return;
@@ -568,7 +692,7 @@ void UserBackend::owner_gone(pid_t owner) {
     links_.erase(link);  // the next get() connects afresh
     std::set<xpmem_segid_t> segids;
     for (const auto &[apid, permit] : permits_)
-        if (protocol::pid_of(permit.segid) == owner) segids.insert(permit.segid);
+        if (protocol::owner_of(permit.segid) == owner) segids.insert(permit.segid);
     for (xpmem_segid_t segid : segids) revoke_locked(segid);
 }
 
@@ -591,12 +715,16 @@ void UserBackend::serve_session(std::uint64_t tag) {
         std::memcpy(&body, buffer, sizeof body);
         return true;
     };
+    protocol::HelloRequest hello;
     protocol::GetRequest get;
     protocol::AttachRequest attach;
     protocol::ReleaseRequest release;
     protocol::RevokeRequest revoke;
     if (header.magic != protocol::kMagic) {
         close_session(tag);
+    } else if (parse(hello)) {
+        protocol::HelloReply reply{.proof = protocol::proof_of_secret(secret_, hello.nonce)};
+        send_message(session->socket.get(), bytes_of(reply), {}, true);
     } else if (parse(get)) {
         handle_get(*session, get);
     } else if (parse(attach)) {
@@ -615,6 +743,7 @@ void UserBackend::handle_get(Session &session, const protocol::GetRequest &reque
     protocol::GetReply reply{.error = 0, .permit = 0};
     {
         std::lock_guard lock(mutex_);
+        session.peer_key = request.attacher_key;
         auto segment = segments_.find(request.segid);
         if (segment == segments_.end())
             reply.error = ENOENT;
@@ -623,6 +752,8 @@ void UserBackend::handle_get(Session &session, const protocol::GetRequest &reque
         else if (!permitted(session.peer, segment->second.owner, segment->second.mode,
                             request.flags))
             reply.error = EACCES;
+        else if (session.grants.size() >= kMaxGrantsPerSession)
+            reply.error = ENOSPC;
         else {
             reply.permit = session.next_grant++;
             session.grants.emplace(reply.permit, Grant{request.segid, request.flags});
@@ -635,6 +766,7 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     protocol::AttachReply reply{};
     reply.header = protocol::AttachReply{}.header;
     std::vector<UniqueFd> fds;
+    SegmentRange segment_range{};
     std::uintptr_t start = 0, end = 0;
     bool read_only = true;
     std::vector<Interval> ours;
@@ -651,6 +783,7 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
                    request.size > segment->second.size - request.offset) {
             reply.error = EINVAL;
         } else {
+            segment_range = {segment->first, segment->second.start, segment->second.size};
             start = segment->second.start + request.offset;
             end = start + request.size;
             read_only = grant->second.flags == XPMEM_RDONLY;
@@ -660,7 +793,8 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     }
     if (reply.error == 0) {
         try {
-            build_pieces(start, end, read_only, ours, known_rseq_pages, reply, fds);
+            build_pieces(segment_range, start, end, read_only, ours, known_rseq_pages, reply,
+                         fds);
         } catch (const std::system_error &error) {
             reply.error = error.code().value();
             reply.piece_count = 0;
@@ -674,7 +808,7 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
 
 void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest &request) {
     protocol::RevokeReply reply{.error = 0};
-    if (protocol::pid_of(request.segid) != session.peer.pid) {
+    if (protocol::owner_pid(request.segid) != session.peer.pid) {
         reply.error = EACCES;  // only the owner revokes its segment
     } else {
         std::lock_guard lock(mutex_);
@@ -683,15 +817,19 @@ void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest 
     send_message(session.socket.get(), bytes_of(reply), {}, true);
 }
 
-// Describes [start, end) of this process as pieces an attacher maps, converting private
-// memory on the way. Fills a prefix when the reply runs out of pieces or descriptors.
-void UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, bool read_only,
-                               std::span<const Interval> ours,
+// Describes [start, end) of `segment` as pieces an attacher maps, converting private
+// memory on the way. Every descriptor reaches only memory of `segment` (shareable.hpp).
+// Fills a prefix when the reply runs out of pieces or descriptors, or once it has
+// converted kMaxConvertPerReply: the attacher asks again for the rest.
+void UserBackend::build_pieces(const SegmentRange &segment, std::uintptr_t start,
+                               std::uintptr_t end, bool read_only, std::span<const Interval> ours,
                                std::span<const std::uintptr_t> known_rseq_pages,
                                protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
     std::vector<std::uintptr_t> unprotectable = rseq_pages(known_rseq_pages, maps);
-    int backing_index[2] = {-1, -1};  // read-only, writable descriptor of the backing
+    backing_.forget_unmapped(maps);
+    std::map<std::pair<const Backing::File *, bool>, int> file_index;
+    std::size_t converted = 0;
     auto add = [&](std::uint64_t length, std::uint64_t file_offset, int fd_index, bool writable) {
         if (reply.piece_count > 0) {
             protocol::Piece &last = reply.pieces[reply.piece_count - 1];
@@ -704,27 +842,37 @@ void UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, bool re
         reply.pieces[reply.piece_count++] =
             protocol::Piece{length, fd_index < 0 ? 0 : file_offset, fd_index, writable};
     };
-    auto backing_piece = [&](std::uint64_t length, std::uint64_t file_offset, bool writable) {
-        int &index = backing_index[writable ? 1 : 0];
-        if (index < 0) {
-            int fd = writable ? backing_->fd() : backing_->read_only_fd();
-            fds.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
-            if (!fds.back()) throw_last_errno("dup backing");
-            index = static_cast<int>(fds.size() - 1);
+    auto hole = [&](std::uint64_t length) { add(length, 0, -1, false); };
+    auto file_piece = [&](Backing::File &file, std::uint64_t length, std::uint64_t file_offset,
+                          bool writable) {
+        auto [it, inserted] = file_index.try_emplace({&file, writable}, -1);
+        if (inserted) {
+            fds.push_back(backing_.descriptor(file, writable));
+            it->second = static_cast<int>(fds.size() - 1);
         }
-        add(length, file_offset, index, writable);
+        add(length, file_offset, it->second, writable);
+    };
+    // A file is written through only if the owner can write all of it wherever it maps it.
+    auto owner_writes_all_of = [&](const Backing::File &file) {
+        return file.writable_memory && std::none_of(maps.begin(), maps.end(), [&](const Vma &v) {
+                   return backing_.file_of(v) == &file && !v.writable;
+               });
+    };
+    auto within_segment = [&](std::uintptr_t from, std::uint64_t length) {
+        return from >= segment.start && length <= segment.size &&
+               from - segment.start <= segment.size - length;
     };
     std::uintptr_t cursor = start;
     while (cursor < end && reply.piece_count < protocol::kMaxPieces &&
-           fds.size() < protocol::kMaxFds) {
+           fds.size() + 2 <= protocol::kMaxFds && converted < kMaxConvertPerReply) {
         auto vma = std::upper_bound(maps.begin(), maps.end(), cursor,
                                     [](std::uintptr_t a, const Vma &v) { return a < v.end; });
         if (vma == maps.end() || vma->start >= end) {
-            add(end - cursor, 0, -1, false);
+            hole(end - cursor);
             break;
         }
         if (vma->start > cursor) {
-            add(vma->start - cursor, 0, -1, false);
+            hole(vma->start - cursor);
             cursor = vma->start;
             continue;
         }
@@ -737,43 +885,52 @@ void UserBackend::build_pieces(std::uintptr_t start, std::uintptr_t end, bool re
                 piece_end = own->start;
             } else {  // the library's own mappings are not the application's memory
                 piece_end = std::min(piece_end, own->end);
-                add(piece_end - cursor, 0, -1, false);
+                hole(piece_end - cursor);
                 cursor = piece_end;
                 continue;
             }
         }
         std::uint64_t length = piece_end - cursor;
-        bool writable = vma->writable && !read_only;
-        UniqueFd fd;
+        std::uint64_t vma_offset = vma->offset + (cursor - vma->start);
+        Backing::File *file = backing_.file_of(*vma);
         if (vma->special() || !vma->readable) {
-            add(length, 0, -1, false);
-        } else if (!vma->shared && !vma->writable && vma->file_backed() &&
-                   !Pagemap().any_anonymous(cursor, piece_end) &&
-                   (fd = open_mapped_object(*vma, false))) {
-            // Read-only file pages nobody wrote to (text, rodata): the file itself.
-            fds.push_back(std::move(fd));
-            add(length, vma->offset + (cursor - vma->start), static_cast<int>(fds.size() - 1),
-                false);
-        } else if (backing_ && backing_->backs(*vma)) {
-            backing_piece(length, vma->offset + (cursor - vma->start), writable);
-        } else if (vma->shared) {
-            fd = open_mapped_object(*vma, writable);
+            hole(length);
+        } else if (file != nullptr && within_segment(file->start, file->size)) {
+            // Converted before, for this segment or one inside it.
+            file_piece(*file, length, vma_offset, !read_only && owner_writes_all_of(*file));
+        } else if (file != nullptr && file->handed_out) {
+            // Another segment's memory, already shared under that segment: it cannot move
+            // without its attachers losing sight of it (README, security model).
+            hole(length);
+        } else if (vma->shared && file == nullptr) {
+            // Shared objects go as they are, if all of the object lies in the segment.
+            bool writable = vma->writable && !read_only;
+            UniqueFd fd = open_mapped_object(*vma, writable);
             if (!fd && writable) {
                 writable = false;
                 fd = open_mapped_object(*vma, false);
             }
-            if (!fd) {
-                add(length, 0, -1, false);  // unreachable object: see the README's limits
+            struct stat status {};
+            if (!fd || ::fstat(fd.get(), &status) < 0 || vma->offset != 0 ||
+                util::page_up(static_cast<std::uintptr_t>(status.st_size)) >
+                    vma->end - vma->start ||
+                !within_segment(vma->start,
+                                util::page_up(static_cast<std::uintptr_t>(status.st_size)))) {
+                hole(length);  // unreachable, or reaching beyond the segment
             } else {
                 fds.push_back(std::move(fd));
-                add(length, vma->offset + (cursor - vma->start), static_cast<int>(fds.size() - 1),
-                    writable);
+                add(length, vma_offset, static_cast<int>(fds.size() - 1), writable);
             }
         } else {
-            if (!backing_) backing_.emplace();
-            std::uint64_t offset =
-                backing_->make_shareable(*vma, cursor, piece_end, maps, ours, unprotectable);
-            backing_piece(length, offset, writable);
+            // Private memory, or another segment's file nobody was given: make it this
+            // segment's.
+            length = std::min<std::uint64_t>(length, kMaxConvertPerReply - converted);
+            piece_end = cursor + length;
+            Backing::File &target =
+                backing_.make_shareable(segment, *vma, cursor, piece_end, unprotectable);
+            converted += length;
+            file_piece(target, length, cursor - segment.start,
+                       !read_only && target.writable_memory);
         }
         cursor = piece_end;
     }
