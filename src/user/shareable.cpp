@@ -175,10 +175,30 @@ void copy_pages(std::uintptr_t start, std::size_t length, std::byte *to,
     }
 }
 
-// A mapping of the backing at `offset`, not inherited by fork children.
+// Copies the parts of [start, start + length), a mapping of `fd` at `file_offset`, that
+// hold data in the file to `to`: reading a tmpfs hole through a mapping would allocate it.
+void copy_file_data(int fd, std::uint64_t file_offset, std::uintptr_t start, std::size_t length,
+                    std::byte *to) {
+    auto from = static_cast<off_t>(file_offset);
+    auto limit = static_cast<off_t>(file_offset + length);
+    while (from < limit) {
+        off_t data = ::lseek(fd, from, SEEK_DATA);
+        if (data < 0 || data >= limit) break;
+        off_t hole = std::min(::lseek(fd, data, SEEK_HOLE), limit);
+        auto skip = static_cast<std::size_t>(data - static_cast<off_t>(file_offset));
+        std::memcpy(to + skip, reinterpret_cast<const void *>(start + skip),
+                    static_cast<std::size_t>(hole - data));
+        from = hole;
+    }
+}
+
+// A mapping of `fd` at `offset` (private anonymous memory if `fd` < 0) to copy into, not
+// inherited by fork children.
 Mapping map_backing(int fd, std::uint64_t offset, std::size_t length) {
-    void *at =
-        ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
+    void *at = fd < 0 ? ::mmap(nullptr, length, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+                      : ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                               static_cast<off_t>(offset));
     if (at == MAP_FAILED) throw_last_errno("mmap backing");
     Mapping mapping(at, length);
     ::madvise(at, length, MADV_DONTFORK);
@@ -265,8 +285,11 @@ void convert_write_protected(int backing, std::uint64_t offset, const Vma &vma,
     }
 }
 
+// Copies [start, end) of `vma` to `backing` at `offset` (private anonymous memory if
+// `backing` < 0) while stores to it are parked. `source`, when given, is the file `vma`
+// maps: only what it holds is copied.
 void convert_guarded(int backing, std::uint64_t offset, const Vma &vma, std::uintptr_t start,
-                     std::uintptr_t end) {
+                     std::uintptr_t end, int source = -1) {
     install_segv_guard();
     for (std::uintptr_t cursor = start; cursor < end;) {
         std::uintptr_t next = step_end(cursor, end);
@@ -276,11 +299,15 @@ void convert_guarded(int backing, std::uint64_t offset, const Vma &vma, std::uin
         guard_window.end = next;
         guard_window.open = true;
         int error = 0;
-        if (::mprotect(reinterpret_cast<void *>(cursor), length, vma.protection() & ~PROT_WRITE) <
-            0)
+        if (::mprotect(reinterpret_cast<void *>(cursor), length,
+                       (vma.protection() | PROT_READ) & ~PROT_WRITE) < 0)
             error = errno;
         if (error == 0) {
-            copy_pages(cursor, length, copy.data(), nullptr);
+            if (source >= 0)
+                copy_file_data(source, vma.offset + (cursor - vma.start), cursor, length,
+                               copy.data());
+            else
+                copy_pages(cursor, length, copy.data(), nullptr);
             error = move_over(copy, cursor, vma.protection());
             if (error != 0) ::mprotect(reinterpret_cast<void *>(cursor), length, vma.protection());
         }
@@ -329,7 +356,8 @@ Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memo
     if (::fchmod(fd.get(), S_IRUSR) < 0) throw_last_errno("fchmod");
     struct stat status {};
     if (::fstat(fd.get(), &status) < 0) throw_last_errno("fstat");
-    File file{std::move(fd), segment.segid, segment.start, segment.size, writable_memory};
+    File file{std::move(fd), segment.segid, segment.start, segment.size, writable_memory, false,
+              {}};
     return files_.insert_or_assign(status.st_ino, std::move(file)).first->second;
 }
 
@@ -346,7 +374,8 @@ Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &v
     if (vma.writable && !vma.file_backed())
         convert_write_protected(target.fd.get(), offset, vma, start, end, unprotectable);
     else if (vma.writable)
-        convert_guarded(target.fd.get(), offset, vma, start, end);
+        convert_guarded(target.fd.get(), offset, vma, start, end,
+                        source != nullptr ? source->fd.get() : -1);
     else
         convert_quiet(target.fd.get(), offset, vma, start, end);
     if (source != nullptr)  // the range left that file: free its copy there
@@ -356,7 +385,7 @@ Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &v
     return target;
 }
 
-UniqueFd Backing::descriptor(File &file, bool writable) {
+UniqueFd Backing::descriptor(File &file, bool writable, const Holder &holder) {
     UniqueFd fd;
     if (writable) {
         fd.reset(::fcntl(file.fd.get(), F_DUPFD_CLOEXEC, 0));
@@ -366,7 +395,17 @@ UniqueFd Backing::descriptor(File &file, bool writable) {
     }
     if (!fd) throw_last_errno("segment file descriptor");
     file.handed_out = true;
+    file.holders.insert(holder);
     return fd;
+}
+
+void Backing::forget_holders(const std::function<bool(const Holder &)> &gone) {
+    std::vector<const File *> orphans;
+    for (auto &[inode, file] : files_) {
+        std::erase_if(file.holders, gone);
+        if (file.handed_out && file.holders.empty()) orphans.push_back(&file);
+    }
+    for (const File *file : orphans) take_back(*file);
 }
 
 void Backing::forget_unmapped(std::span<const Vma> maps) {
@@ -378,29 +417,30 @@ void Backing::forget_unmapped(std::span<const Vma> maps) {
     }
 }
 
+void Backing::take_back(const File &file) {
+    for (const Vma &vma : read_maps()) {
+        if (file_of(vma) != &file) continue;
+        convert_guarded(-1, 0, vma, vma.start, vma.end, file.fd.get());
+    }
+    // What a kept descriptor still maps is now nobody's memory: free it.
+    ::fallocate(file.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                static_cast<off_t>(file.size));
+    for (auto it = files_.begin(); it != files_.end(); ++it) {
+        if (&it->second != &file) continue;
+        files_.erase(it);
+        break;
+    }
+}
+
 void Backing::make_private_after_fork() noexcept {
     try {
         for (const Vma &vma : read_maps()) {
             File *file = file_of(vma);
             if (file == nullptr) continue;
-            int fd = file->fd.get();
             std::size_t length = vma.end - vma.start;
-            void *at = ::mmap(nullptr, length, PROT_READ | PROT_WRITE,
-                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (at == MAP_FAILED) continue;
-            Mapping copy(at, length);
-            // Copy only the extents that hold data: reading a tmpfs hole would allocate it.
-            auto from = static_cast<off_t>(vma.offset);
-            auto limit = static_cast<off_t>(vma.offset + length);
-            while (from < limit) {
-                off_t data = ::lseek(fd, from, SEEK_DATA);
-                if (data < 0 || data >= limit) break;
-                off_t hole = std::min(::lseek(fd, data, SEEK_HOLE), limit);
-                auto skip = static_cast<std::size_t>(data - static_cast<off_t>(vma.offset));
-                std::memcpy(copy.data() + skip, reinterpret_cast<const void *>(vma.start + skip),
-                            static_cast<std::size_t>(hole - data));
-                from = hole;
-            }
+            Mapping copy = map_backing(-1, 0, length);
+            if (!vma.readable) ::mprotect(reinterpret_cast<void *>(vma.start), length, PROT_READ);
+            copy_file_data(file->fd.get(), vma.offset, vma.start, length, copy.data());
             move_over(copy, vma.start, vma.protection());
         }
     } catch (...) {

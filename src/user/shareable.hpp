@@ -25,7 +25,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <set>
+#include <utility>
 #include <span>
 
 #include "user/address_space.hpp"
@@ -47,6 +50,8 @@ struct SegmentRange {
 
 class Backing {
   public:
+    using Holder = std::pair<std::uint64_t, std::uint64_t>;  // (session, grant) of a peer
+
     // One file of converted memory.
     struct File {
         util::UniqueFd fd;
@@ -55,6 +60,7 @@ class Backing {
         std::size_t size;
         bool writable_memory;      // holds memory the owner could write when converted
         bool handed_out = false;   // a descriptor of it left this process
+        std::set<Holder> holders;  // the grants it was handed out under, still live
     };
 
     // The file `vma` maps, if it is one of ours.
@@ -68,8 +74,13 @@ class Backing {
     File &make_shareable(const SegmentRange &segment, const Vma &vma, std::uintptr_t start,
                          std::uintptr_t end, std::span<const std::uintptr_t> unprotectable);
 
-    // A descriptor of `file` to hand out: read-write, or reopened read-only.
-    util::UniqueFd descriptor(File &file, bool writable);
+    // A descriptor of `file` to hand out under `holder`: read-write, or reopened read-only.
+    util::UniqueFd descriptor(File &file, bool writable, const Holder &holder);
+
+    // Forgets the holders for which `gone` is true, and takes back every file handed out
+    // that has no holder left: its memory moves into private memory of the owner, the
+    // file is emptied, and whatever descriptors are still out there reach nothing of it.
+    void forget_holders(const std::function<bool(const Holder &)> &gone);
 
     // Closes the files the owner no longer maps anywhere in `maps`.
     void forget_unmapped(std::span<const Vma> maps);
@@ -80,6 +91,7 @@ class Backing {
 
   private:
     File &file_for(const SegmentRange &segment, bool writable_memory);
+    void take_back(const File &file);
 
     std::map<ino_t, File> files_;  // all memfds live on one device
 };

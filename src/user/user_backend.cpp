@@ -24,7 +24,9 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <functional>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -67,8 +69,9 @@ constexpr std::chrono::milliseconds kDefaultRequestTimeout{10000};
 constexpr std::size_t kMaxConvertPerReply = std::size_t{256} << 20;
 constexpr std::uint64_t kStopTag = 0;
 constexpr std::uint64_t kListenTag = 1;
+constexpr std::uint64_t kWorkTag = 2;
 constexpr std::uint64_t kLinkTag = std::uint64_t{1} << 62;  // | protocol::owner_of(segid)
-constexpr std::uint64_t kFirstSessionTag = 2;
+constexpr std::uint64_t kFirstSessionTag = 3;
 constexpr std::uint32_t kMaxKeyDraws = 64;
 
 // Taken when the library is loaded, by the thread that loads it: the main thread, for a
@@ -89,6 +92,7 @@ struct Grant {
 
 // A connection from a peer to this process's service.
 struct Session {
+    std::uint64_t tag;  // its epoll tag, unique for the life of the process
     UniqueFd socket;
     PeerCredentials peer;  // as recorded at connect time; the only identity ever used
     std::uint32_t peer_key = 0;  // the key of the peer's own service, from its GETs
@@ -148,9 +152,12 @@ class UserBackend final : public Backend {
     void handle_revoke(Session &session, const protocol::RevokeRequest &request);
     void close_session(std::uint64_t tag);
     void owner_gone(std::uint64_t owner);
+    void run_work();
+    // Runs `work` on the service thread and waits for it: memory is converted there only.
+    void on_service(std::function<void()> work);
     bool session_allowed_locked(const PeerCredentials &peer) const;
-    void build_pieces(const SegmentRange &segment, std::uintptr_t start, std::uintptr_t end,
-                      bool read_only,
+    void build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
+                      std::uintptr_t start, std::uintptr_t end, bool read_only,
                       std::span<const Interval> ours,
                       std::span<const std::uintptr_t> known_rseq_pages,
                       protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
@@ -177,6 +184,7 @@ class UserBackend final : public Backend {
     UniqueFd listen_;
     UniqueFd epoll_;
     UniqueFd stop_;
+    UniqueFd work_;  // eventfd: work_queue_ has something
     Mapping service_stack_;
     pthread_t service_{};
     bool service_running_ = false;
@@ -191,6 +199,9 @@ class UserBackend final : public Backend {
     std::map<std::uintptr_t, AttachmentRecord> attachments_;
     std::map<std::uintptr_t, std::size_t> attaching_;  // ranges being mapped by attach()
     std::set<xpmem_segid_t> revoked_;  // only segids we hold permits for
+    std::vector<std::function<void()>> work_queue_;
+    std::uint64_t work_queued_ = 0, work_done_ = 0;
+    std::condition_variable work_finished_;
     Backing backing_;  // used by the service thread only (and the fork child)
     std::set<std::uintptr_t> known_rseq_pages_{loading_thread_rseq_page};  // callers' threads
 };
@@ -239,13 +250,15 @@ UserBackend::UserBackend()
     }
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!epoll_ || !stop_) throw_last_errno("epoll/eventfd");
+    work_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!epoll_ || !stop_ || !work_) throw_last_errno("epoll/eventfd");
     auto watch = [&](int fd, std::uint64_t tag) {
         epoll_event event{EPOLLIN, {.u64 = tag}};
         if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) < 0) throw_last_errno("epoll_ctl");
     };
     watch(stop_.get(), kStopTag);
     watch(listen_.get(), kListenTag);
+    watch(work_.get(), kWorkTag);
 
     // Our own stack, so that the thread's TLS lies in memory the library owns and never
     // converts. Fork children must inherit it: glibc's fork unlinks the forking thread
@@ -310,6 +323,7 @@ void UserBackend::remove(xpmem_segid_t segid) {
         throw_errno(EACCES, "xpmem_remove: not the owner");
     }
     std::map<pid_t, std::uint32_t> attachers;  // pid -> key of its service
+    std::set<Backing::Holder> revoked_grants;
     bool ours = false;
     {
         std::lock_guard lock(mutex_);
@@ -324,11 +338,18 @@ void UserBackend::remove(xpmem_segid_t segid) {
                     ours = true;
                 else
                     attachers[session->peer.pid] = session->peer_key;
+                revoked_grants.insert({session->tag, it->first});
                 it = session->grants.erase(it);
             }
         }
         if (ours) revoke_locked(segid);
     }
+    // The owner takes its memory back from every file handed out under these grants only,
+    // before it returns: a peer that kept descriptors reaches none of it any more.
+    on_service([&] {
+        backing_.forget_holders(
+            [&](const Backing::Holder &holder) { return revoked_grants.count(holder) != 0; });
+    });
     // Tell every attacher's service at once and wait at most kRevokeTimeout for them all.
     // Best effort: an attacher that is gone has nothing left to revoke; one that does not
     // answer in time keeps what it mapped (see the README's security model).
@@ -628,6 +649,8 @@ void UserBackend::serve() {
                     return;
                 } else if (tag == kListenTag) {
                     accept_session();
+                } else if (tag == kWorkTag) {
+                    run_work();
                 } else if ((tag & kLinkTag) != 0) {
                     owner_gone(tag & ~kLinkTag);
                 } else {
@@ -671,17 +694,50 @@ void UserBackend::accept_session() {
     std::lock_guard lock(mutex_);
     if (!session_allowed_locked(session->peer)) return;  // closes it
     std::uint64_t tag = next_session_tag_++;
+    session->tag = tag;
     epoll_event event{EPOLLIN, {.u64 = tag}};
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, session->socket.get(), &event) < 0) return;
     sessions_.emplace(tag, std::move(session));
 }
 
 void UserBackend::close_session(std::uint64_t tag) {
+    {
+        std::lock_guard lock(mutex_);
+        auto it = sessions_.find(tag);
+        if (it == sessions_.end()) return;
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.get(), nullptr);
+        sessions_.erase(it);  // and with it every grant the peer held
+    }
+    backing_.forget_holders([&](const Backing::Holder &holder) { return holder.first == tag; });
+}
+
+void UserBackend::on_service(std::function<void()> work) {
+    std::unique_lock lock(mutex_);
+    std::uint64_t ticket = ++work_queued_;
+    work_queue_.push_back(std::move(work));
+    std::uint64_t one = 1;
+    if (::write(work_.get(), &one, sizeof one) != sizeof one) throw_last_errno("wake service");
+    work_finished_.wait(lock, [&] { return work_done_ >= ticket; });
+}
+
+void UserBackend::run_work() {
+    std::uint64_t count;
+    if (::read(work_.get(), &count, sizeof count) < 0) return;  // EAGAIN: nothing new
+    std::vector<std::function<void()>> work;
+    {
+        std::lock_guard lock(mutex_);
+        work.swap(work_queue_);
+    }
+    for (auto &item : work) {
+        try {
+            item();
+        } catch (const std::exception &) {
+            // Best effort, like every revocation step: the caller does not wait for more.
+        }
+    }
     std::lock_guard lock(mutex_);
-    auto it = sessions_.find(tag);
-    if (it == sessions_.end()) return;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.get(), nullptr);
-    sessions_.erase(it);  // and with it every grant the peer held
+    work_done_ += work.size();
+    work_finished_.notify_all();
 }
 
 void UserBackend::owner_gone(std::uint64_t owner) {
@@ -730,8 +786,13 @@ void UserBackend::serve_session(std::uint64_t tag) {
     } else if (parse(attach)) {
         handle_attach(*session, attach);
     } else if (parse(release)) {
-        std::lock_guard lock(mutex_);
-        session->grants.erase(release.permit);
+        {
+            std::lock_guard lock(mutex_);
+            session->grants.erase(release.permit);
+        }
+        backing_.forget_holders([&](const Backing::Holder &holder) {
+            return holder == Backing::Holder{tag, release.permit};
+        });
     } else if (parse(revoke)) {
         handle_revoke(*session, revoke);
     } else {
@@ -793,8 +854,8 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     }
     if (reply.error == 0) {
         try {
-            build_pieces(segment_range, start, end, read_only, ours, known_rseq_pages, reply,
-                         fds);
+            build_pieces(segment_range, {session.tag, request.permit}, start, end, read_only, ours,
+                         known_rseq_pages, reply, fds);
         } catch (const std::system_error &error) {
             reply.error = error.code().value();
             reply.piece_count = 0;
@@ -821,8 +882,9 @@ void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest 
 // memory on the way. Every descriptor reaches only memory of `segment` (shareable.hpp).
 // Fills a prefix when the reply runs out of pieces or descriptors, or once it has
 // converted kMaxConvertPerReply: the attacher asks again for the rest.
-void UserBackend::build_pieces(const SegmentRange &segment, std::uintptr_t start,
-                               std::uintptr_t end, bool read_only, std::span<const Interval> ours,
+void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
+                               std::uintptr_t start, std::uintptr_t end, bool read_only,
+                               std::span<const Interval> ours,
                                std::span<const std::uintptr_t> known_rseq_pages,
                                protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
@@ -847,7 +909,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, std::uintptr_t start
                           bool writable) {
         auto [it, inserted] = file_index.try_emplace({&file, writable}, -1);
         if (inserted) {
-            fds.push_back(backing_.descriptor(file, writable));
+            fds.push_back(backing_.descriptor(file, writable, holder));
             it->second = static_cast<int>(fds.size() - 1);
         }
         add(length, file_offset, it->second, writable);
