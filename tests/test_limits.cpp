@@ -2,6 +2,7 @@
 // behaviour, so a change to it is seen.
 
 #include <fcntl.h>
+#include <liburing.h>
 #include <linux/futex.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -139,6 +140,126 @@ TEST_P(Limits, SystemCallsOnAttachedMemory) {
             close(pipe_fds[0]);
             close(pipe_fds[1]);
         });
+}
+
+// One io_uring with `buffer` registered as fixed buffer 0 (a pin the kernel holds for as
+// long as it stays registered), as an unprivileged process can set up.
+class PinnedBuffer {
+  public:
+    explicit PinnedBuffer(std::span<std::byte> buffer) : buffer_(buffer) {
+        ok_ = io_uring_queue_init(4, &ring_, 0) == 0;
+        if (!ok_) return;
+        iovec whole{buffer.data(), buffer.size()};
+        CHILD_CHECK(io_uring_register_buffers(&ring_, &whole, 1) == 0);
+    }
+    ~PinnedBuffer() {
+        if (ok_) io_uring_queue_exit(&ring_);
+    }
+    PinnedBuffer(const PinnedBuffer &) = delete;
+    PinnedBuffer &operator=(const PinnedBuffer &) = delete;
+    bool ok() const { return ok_; }
+
+    // READ_FIXED of `text` from a pipe into the start of the buffer: the kernel writes
+    // through its pin, not through the owner's page tables.
+    void read_into(const char *text) {
+        int pipe_fds[2];
+        CHILD_CHECK(pipe(pipe_fds) == 0);
+        auto length = static_cast<unsigned>(std::strlen(text) + 1);
+        CHILD_CHECK(write(pipe_fds[1], text, length) == static_cast<ssize_t>(length));
+        io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+        io_uring_prep_read_fixed(sqe, pipe_fds[0], buffer_.data(), length, 0, 0);
+        CHILD_CHECK(io_uring_submit(&ring_) == 1);
+        io_uring_cqe *cqe = nullptr;
+        CHILD_CHECK(io_uring_wait_cqe(&ring_, &cqe) == 0 && cqe->res == static_cast<int>(length));
+        io_uring_cqe_seen(&ring_, cqe);
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
+    }
+
+  private:
+    std::span<std::byte> buffer_;
+    io_uring ring_{};
+    bool ok_ = false;
+};
+
+// Memory pinned by io_uring fixed buffers, attached afterwards. The user backend cannot
+// replace pinned private pages with shareable ones without losing what the kernel writes
+// through the pin later, so the attach fails with EBUSY and the owner's memory stays as it
+// is; the kernel backend attaches it. Either way the owner sees what io_uring wrote.
+TEST_P(Limits, PrivateMemoryPinnedByIoUringIsNeverReplaced) {
+    bool user = user_backend();
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = xt::anonymous(2 * kPage);
+        std::strcpy(reinterpret_cast<char *>(memory.data()), "before");
+        PinnedBuffer pin(memory);
+        if (!pin.ok()) {  // io_uring disabled here: nothing to pin
+            channel.send_a(xpmem_segid_t{-1});
+            return;
+        }
+        auto segment = xpmem::Segment::make(memory, 0666);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // the attacher tried
+        pin.read_into("through the pin");
+        CHILD_CHECK(std::strcmp(reinterpret_cast<char *>(memory.data()), "through the pin") == 0);
+        channel.send_a(xpmem_segid_t{0});
+        CHILD_CHECK(channel.receive_a<int>() == 2);
+    });
+    xt::Process attacher([&] {
+        auto segid = channel.receive_b<xpmem_segid_t>();
+        if (segid < 0) return;
+        xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+        CHILD_CHECK(apid >= 0);
+        xpmem_addr address{apid, 0};
+        errno = 0;
+        auto *view = static_cast<char *>(xpmem_attach(address, 2 * kPage, nullptr));
+        bool refused = view == reinterpret_cast<char *>(-1) && errno == EBUSY;
+        channel.send_b(1);  // the owner checks its memory whatever happened here
+        channel.receive_b<xpmem_segid_t>();
+        if (user) {
+            CHILD_CHECK(refused);
+        } else {
+            CHILD_CHECK(!refused && std::strcmp(view, "through the pin") == 0);
+        }
+        channel.send_b(2);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
+// The documented way to both pin and share memory with the user backend: allocate it
+// shared (a memfd here), which is handed over as it is and never replaced.
+TEST_P(Limits, SharedMemoryPinnedByIoUringAttaches) {
+    xt::Channel channel;
+    xt::Process owner([&] {
+        int fd = memfd_create("pinned", MFD_CLOEXEC);
+        CHILD_CHECK(fd >= 0 && ftruncate(fd, 2 * kPage) == 0);
+        void *at = mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        CHILD_CHECK(at != MAP_FAILED);
+        std::span memory(static_cast<std::byte *>(at), 2 * kPage);
+        PinnedBuffer pin(memory);
+        if (!pin.ok()) {
+            channel.send_a(xpmem_segid_t{-1});
+            return;
+        }
+        auto segment = xpmem::Segment::make(memory, 0666);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // attached
+        pin.read_into("through the pin");
+        channel.send_a(xpmem_segid_t{0});
+        CHILD_CHECK(channel.receive_a<int>() == 2);
+    });
+    xt::Process attacher([&] {
+        auto segid = channel.receive_b<xpmem_segid_t>();
+        if (segid < 0) return;
+        auto permit = xpmem::Permit::get(segid);
+        auto view = permit.attach(0, 2 * kPage);
+        channel.send_b(1);
+        channel.receive_b<xpmem_segid_t>();
+        CHILD_CHECK(std::strcmp(reinterpret_cast<const char *>(view.data()), "through the pin") ==
+                    0);
+        channel.send_b(2);
+    });
+    xt::expect_all_ok({&attacher, &owner});
 }
 
 INSTANTIATE_BACKENDS(Limits);

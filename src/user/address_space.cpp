@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <string_view>
 
 #include "util/error.hpp"
 #include "util/mapping.hpp"
@@ -105,6 +106,38 @@ bool Pagemap::any_anonymous(std::uintptr_t start, std::uintptr_t end) const {
         cursor += pages * util::kPageSize;
     }
     return false;
+}
+
+std::vector<Range> io_uring_buffers() {
+    std::vector<Range> buffers;
+    DIR *fds = ::opendir("/proc/self/fd");
+    if (fds == nullptr) return buffers;
+    while (dirent *entry = ::readdir(fds)) {
+        if (entry->d_name[0] == '.') continue;
+        char target[64] = {};
+        std::string link = std::string("/proc/self/fd/") + entry->d_name;
+        if (::readlink(link.c_str(), target, sizeof target - 1) < 0 ||
+            std::string_view(target) != "anon_inode:[io_uring]")
+            continue;
+        std::ifstream info(std::string("/proc/self/fdinfo/") + entry->d_name);
+        std::string line;
+        bool in_buffers = false;
+        while (std::getline(info, line)) {
+            if (!in_buffers) {  // "UserBufs: N", then one "index: 0xaddress/length" each
+                in_buffers = line.rfind("UserBufs:", 0) == 0;
+                continue;
+            }
+            unsigned long long address = 0;
+            unsigned length = 0;
+            unsigned index = 0;
+            if (std::sscanf(line.c_str(), " %u: 0x%llx/%u", &index, &address, &length) != 3) break;
+            buffers.push_back({util::page_down(address), util::page_up(address + length)});
+        }
+    }
+    ::closedir(fds);
+    std::sort(buffers.begin(), buffers.end(),
+              [](const Range &a, const Range &b) { return a.start < b.start; });
+    return buffers;
 }
 
 UniqueFd open_mapped_object(const Vma &vma, bool writable) {

@@ -892,6 +892,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
     backing_.forget_unmapped(maps);
     std::map<std::pair<const Backing::File *, bool>, int> file_index;
     std::size_t converted = 0;
+    std::optional<std::vector<Range>> pinned;  // read when first needed
     auto add = [&](std::uint64_t length, std::uint64_t file_offset, int fd_index, bool writable) {
         if (reply.piece_count > 0) {
             protocol::Piece &last = reply.pieces[reply.piece_count - 1];
@@ -985,9 +986,14 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
             }
         } else {
             // Private memory, or another segment's file nobody was given: make it this
-            // segment's.
+            // segment's, unless io_uring pinned it (README: pinned memory).
             length = std::min<std::uint64_t>(length, kMaxConvertPerReply - converted);
             piece_end = cursor + length;
+            if (!pinned) pinned = io_uring_buffers();
+            if (std::any_of(pinned->begin(), pinned->end(), [&](const Range &range) {
+                    return range.start < piece_end && cursor < range.end;
+                }))
+                throw_errno(EBUSY, "memory pinned by io_uring");
             Backing::File &target =
                 backing_.make_shareable(segment, *vma, cursor, piece_end, unprotectable);
             converted += length;
