@@ -28,10 +28,12 @@ bool same_object(int fd, const Vma &vma) {
     return ::fstat(fd, &status) == 0 && status.st_ino == vma.inode && status.st_dev == vma.device;
 }
 
+// O_NONBLOCK: the path may name a FIFO by now, whose open would wait for a writer.
 UniqueFd open_verified(const std::string &path, const Vma &vma, bool writable) {
-    UniqueFd fd(::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW));
+    int flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK;
+    UniqueFd fd(::open(path.c_str(), flags | O_NOFOLLOW));
     if (!fd && path.rfind("/proc/", 0) == 0)  // /proc links must be followed
-        fd.reset(::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC));
+        fd.reset(::open(path.c_str(), flags));
     if (fd && !same_object(fd.get(), vma)) fd.reset();
     return fd;
 }

@@ -413,7 +413,14 @@ void Backing::forget_unmapped(std::span<const Vma> maps) {
         bool mapped = std::any_of(maps.begin(), maps.end(), [&](const Vma &vma) {
             return vma.shared && vma.inode == it->first;
         });
-        it = mapped ? std::next(it) : files_.erase(it);
+        if (mapped) {
+            ++it;
+            continue;
+        }
+        // The owner freed this memory: kept descriptors must not show what it held.
+        ::fallocate(it->second.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                    static_cast<off_t>(it->second.size));
+        it = files_.erase(it);
     }
 }
 

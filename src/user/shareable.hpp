@@ -4,10 +4,11 @@
 // Converted memory lives in memfds that belong to one segment each: a segment's memory at
 // address A is a MAP_SHARED mapping of its file at offset A - segment start, and the file
 // is exactly as large as the segment (sealed). Memory the owner can write and memory it
-// cannot live in two different files. So a descriptor handed out for a segment reaches
-// that segment and nothing else, and a descriptor of read-only memory never writes it.
-// The files are mode 0400: a read-only descriptor cannot be reopened for writing through
-// /proc by anyone but root (or the owner's uid, which can chmod it back).
+// cannot live in different files. A file is handed out under a grant for its own
+// segment, or for a segment that contains it. So a descriptor reaches memory of the
+// segments it was handed out for and nothing else, and a descriptor of read-only memory
+// never writes it. The files are mode 0400: a read-only descriptor cannot be reopened for writing
+// through /proc by anyone but root (or the owner's uid, which can chmod it back).
 //
 // Conversion fills the file with the same bytes, without losing a store made meanwhile:
 //   - private anonymous writable memory is write-protected with userfaultfd (writers

@@ -56,12 +56,13 @@ using util::UniqueFd;
 constexpr std::size_t kServiceStackSize = 512 * 1024;
 // Peers are bounded so that they can neither exhaust the owner's memory nor starve its
 // application of descriptors: sessions take at most a quarter of RLIMIT_NOFILE (within
-// these bounds), another uid at most a quarter of those, and a session at most
-// kMaxGrantsPerSession permits. The owner's own uid is bounded only by the total: it could
+// these bounds), another uid at most a quarter of those, a session at most
+// kMaxGrantsPerSession permits and a uid at most kMaxGrantsPerUid. The owner's own uid is bounded only by the total: it could
 // harm the owner in other ways anyway.
 constexpr std::size_t kMinSessions = 64;
 constexpr std::size_t kMaxSessions = 4096;
 constexpr std::size_t kMaxGrantsPerSession = 4096;
+constexpr std::size_t kMaxGrantsPerUid = 65536;
 constexpr std::chrono::milliseconds kRevokeTimeout{2000};
 // How long an attacher waits for an owner's reply before giving up with ETIMEDOUT
 // (XPMEM_USER_TIMEOUT_MS overrides it). A reply converts at most kMaxConvertPerReply.
@@ -156,6 +157,7 @@ class UserBackend final : public Backend {
     // Runs `work` on the service thread and waits for it: memory is converted there only.
     void on_service(std::function<void()> work);
     bool session_allowed_locked(const PeerCredentials &peer) const;
+    std::size_t grants_of_uid_locked(uid_t uid) const;
     void build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                       std::uintptr_t start, std::uintptr_t end, bool read_only,
                       std::span<const Interval> ours,
@@ -682,6 +684,13 @@ bool UserBackend::session_allowed_locked(const PeerCredentials &peer) const {
     return same_uid < max_sessions_ / 4;
 }
 
+std::size_t UserBackend::grants_of_uid_locked(uid_t uid) const {
+    std::size_t grants = 0;
+    for (const auto &[tag, session] : sessions_)
+        if (session->peer.uid == uid) grants += session->grants.size();
+    return grants;
+}
+
 void UserBackend::accept_session() {
     UniqueFd socket(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!socket) {
@@ -813,7 +822,8 @@ void UserBackend::handle_get(Session &session, const protocol::GetRequest &reque
         else if (!permitted(session.peer, segment->second.owner, segment->second.mode,
                             request.flags))
             reply.error = EACCES;
-        else if (session.grants.size() >= kMaxGrantsPerSession)
+        else if (session.grants.size() >= kMaxGrantsPerSession ||
+                 grants_of_uid_locked(session.peer.uid) >= kMaxGrantsPerUid)
             reply.error = ENOSPC;
         else {
             reply.permit = session.next_grant++;
@@ -925,6 +935,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
         return from >= segment.start && length <= segment.size &&
                from - segment.start <= segment.size - length;
     };
+
     std::uintptr_t cursor = start;
     while (cursor < end && reply.piece_count < protocol::kMaxPieces &&
            fds.size() + 2 <= protocol::kMaxFds && converted < kMaxConvertPerReply) {
@@ -959,7 +970,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
         if (vma->special() || !vma->readable) {
             hole(length);
         } else if (file != nullptr && within_segment(file->start, file->size)) {
-            // Converted before, for this segment or one inside it.
+            // Converted before, for this segment or one inside it: all the file can reach.
             file_piece(*file, length, vma_offset, !read_only && owner_writes_all_of(*file));
         } else if (file != nullptr && file->handed_out) {
             // Another segment's memory, already shared under that segment: it cannot move
