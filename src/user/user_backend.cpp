@@ -150,8 +150,7 @@ class UserBackend final : public Backend {
     void owner_gone(std::uint64_t owner);
     bool session_allowed_locked(const PeerCredentials &peer) const;
     void build_pieces(const SegmentRange &segment, std::uintptr_t start, std::uintptr_t end,
-                      bool read_only,
-                      std::span<const Interval> ours,
+                      bool read_only, const PeerCredentials &peer, std::span<const Interval> ours,
                       std::span<const std::uintptr_t> known_rseq_pages,
                       protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
 
@@ -793,8 +792,8 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     }
     if (reply.error == 0) {
         try {
-            build_pieces(segment_range, start, end, read_only, ours, known_rseq_pages, reply,
-                         fds);
+            build_pieces(segment_range, start, end, read_only, session.peer, ours, known_rseq_pages,
+                         reply, fds);
         } catch (const std::system_error &error) {
             reply.error = error.code().value();
             reply.piece_count = 0;
@@ -822,7 +821,8 @@ void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest 
 // Fills a prefix when the reply runs out of pieces or descriptors, or once it has
 // converted kMaxConvertPerReply: the attacher asks again for the rest.
 void UserBackend::build_pieces(const SegmentRange &segment, std::uintptr_t start,
-                               std::uintptr_t end, bool read_only, std::span<const Interval> ours,
+                               std::uintptr_t end, bool read_only, const PeerCredentials &peer,
+                               std::span<const Interval> ours,
                                std::span<const std::uintptr_t> known_rseq_pages,
                                protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
@@ -917,6 +917,13 @@ void UserBackend::build_pieces(const SegmentRange &segment, std::uintptr_t start
                 !within_segment(vma->start,
                                 util::page_up(static_cast<std::uintptr_t>(status.st_size)))) {
                 hole(length);  // unreachable, or reaching beyond the segment
+            } else if (read_only && peer.uid != 0 && peer.uid != self_.uid &&
+                       permitted(peer, Owner{status.st_uid, status.st_gid}, status.st_mode & 0777,
+                                 XPMEM_RDWR)) {
+                // Its mode would let the peer reopen a read-only descriptor through
+                // /proc/self/fd for writing (a memfd is 0777 unless the owner changed it).
+                // Root and our own uid can do that with our backing files too.
+                hole(length);
             } else {
                 fds.push_back(std::move(fd));
                 add(length, vma_offset, static_cast<int>(fds.size() - 1), writable);
