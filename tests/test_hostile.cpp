@@ -3,6 +3,7 @@
 // that dies mid-request) gets an error or a closed connection; the owner keeps serving
 // and leaks nothing.
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -219,6 +220,60 @@ TEST_P(Hostile, ForgedRevokeIsRefused) {
         forger_channel.send_b(1);
     });
     xt::expect_all_ok({&forger, &attacher, &victim});
+}
+
+// A read-only grant of a shared object (here a memfd, mode 0777 as memfd_create makes it)
+// must not give another user write access: a read-only descriptor of it could be reopened
+// through /proc/self/fd with O_RDWR, so such an object is served as a hole. Found by
+// xpmem-protocol-fuzz.
+TEST_P(Hostile, ReadOnlyGrantOfASharedObjectCannotBeReopenedForWriting) {
+    if (!xt::running_as_root()) GTEST_SKIP() << "needs root to act as another user";
+    xt::Channel channel;
+    xt::Process victim([&] {
+        int memfd = memfd_create("shared", MFD_CLOEXEC);
+        CHILD_CHECK(ftruncate(memfd, kPage) == 0);
+        auto *memory =
+            static_cast<char *>(mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0));
+        std::strcpy(memory, "intact");
+        auto segment = xpmem::Segment::make({reinterpret_cast<std::byte *>(memory), kPage}, 0644);
+        channel.send_a(OwnerInfo{segment.id(), getpid()});
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        CHILD_CHECK(std::strcmp(memory, "intact") == 0);
+    });
+    xt::Process attacker([&] {
+        auto info = channel.receive_b<OwnerInfo>();
+        xt::become(65534, 65534);
+        int fd = raw_connect(info.pid);
+        auto granted = ask<protocol::GetReply>(
+            fd, protocol::GetRequest{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(granted.error == 0);
+        protocol::AttachRequest request{.permit = granted.permit, .offset = 0, .size = kPage};
+        CHILD_CHECK(send(fd, &request, sizeof request, MSG_NOSIGNAL) == sizeof request);
+        protocol::AttachReply reply;
+        iovec io{&reply, sizeof reply};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * protocol::kMaxFds)];
+        msghdr header{};
+        header.msg_iov = &io;
+        header.msg_iovlen = 1;
+        header.msg_control = control;
+        header.msg_controllen = sizeof control;
+        CHILD_CHECK(recvmsg(fd, &header, MSG_CMSG_CLOEXEC) == sizeof reply);
+        CHILD_CHECK(reply.error == 0);
+        for (cmsghdr *cmsg = CMSG_FIRSTHDR(&header); cmsg != nullptr;
+             cmsg = CMSG_NXTHDR(&header, cmsg)) {
+            for (std::size_t i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
+                int received;
+                std::memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof received);
+                std::string path = "/proc/self/fd/" + std::to_string(received);
+                int reopened = open(path.c_str(), O_RDWR);
+                if (reopened >= 0) pwrite(reopened, "broken", 6, 0);
+                CHILD_CHECK(reopened < 0);
+            }
+        }
+        close(fd);
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacker, &victim});
 }
 
 INSTANTIATE_BACKENDS(Hostile);

@@ -160,7 +160,7 @@ class UserBackend final : public Backend {
     std::size_t grants_of_uid_locked(uid_t uid) const;
     void build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                       std::uintptr_t start, std::uintptr_t end, bool read_only,
-                      std::span<const Interval> ours,
+                      const PeerCredentials &peer, std::span<const Interval> ours,
                       std::span<const std::uintptr_t> known_rseq_pages,
                       protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
 
@@ -864,8 +864,8 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     }
     if (reply.error == 0) {
         try {
-            build_pieces(segment_range, {session.tag, request.permit}, start, end, read_only, ours,
-                         known_rseq_pages, reply, fds);
+            build_pieces(segment_range, {session.tag, request.permit}, start, end, read_only,
+                         session.peer, ours, known_rseq_pages, reply, fds);
         } catch (const std::system_error &error) {
             reply.error = error.code().value();
             reply.piece_count = 0;
@@ -888,12 +888,30 @@ void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest 
     send_message(session.socket.get(), bytes_of(reply), {}, true);
 }
 
+// Whether a descriptor of the shared object `fd` (with `status`) may go to `peer`, a user
+// other than ours and root, under a grant of that access. A descriptor lets its holder do
+// more than map the segment: resize the object (with write access), seal it, read what
+// the object grows to beyond the segment, or, when the object's mode lets the peer write
+// it, reopen a read-only descriptor for writing through /proc/self/fd. So only objects
+// sealed against all of that go (a memfd sealed with F_SEAL_GROW, F_SEAL_SHRINK and
+// F_SEAL_SEAL), read-only ones only if their mode keeps the peer from writing. Root and
+// our own uid could do as much with our own files; they get every object as it is.
+bool safe_for_another_user(int fd, const struct stat &status, const PeerCredentials &peer,
+                           bool read_only) {
+    constexpr int kFixed = F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL;
+    int seals = ::fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & kFixed) != kFixed) return false;
+    return !read_only ||
+           !permitted(peer, Owner{status.st_uid, status.st_gid}, status.st_mode & 0777, XPMEM_RDWR);
+}
+
 // Describes [start, end) of `segment` as pieces an attacher maps, converting private
 // memory on the way. Every descriptor reaches only memory of `segment` (shareable.hpp).
 // Fills a prefix when the reply runs out of pieces or descriptors, or once it has
 // converted kMaxConvertPerReply: the attacher asks again for the rest.
 void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                                std::uintptr_t start, std::uintptr_t end, bool read_only,
+                               const PeerCredentials &peer,
                                std::span<const Interval> ours,
                                std::span<const std::uintptr_t> known_rseq_pages,
                                protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
@@ -991,6 +1009,9 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
                 !within_segment(vma->start,
                                 util::page_up(static_cast<std::uintptr_t>(status.st_size)))) {
                 hole(length);  // unreachable, or reaching beyond the segment
+            } else if (peer.uid != 0 && peer.uid != self_.uid &&
+                       !safe_for_another_user(fd.get(), status, peer, read_only)) {
+                hole(length);
             } else {
                 fds.push_back(std::move(fd));
                 add(length, vma_offset, static_cast<int>(fds.size() - 1), writable);
