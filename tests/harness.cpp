@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <liburing.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -235,6 +236,33 @@ int count_open_fds() {
         if (entry->d_name[0] != '.') ++count;
     closedir(directory);
     return count - 1;  // the directory's own descriptor
+}
+
+PinnedBuffer::PinnedBuffer(std::span<std::byte> buffer)
+    : buffer_(buffer), ring_(std::make_unique<io_uring>()) {
+    error_ = -io_uring_queue_init(4, ring_.get(), 0);
+    if (error_ != 0) return;
+    iovec whole{buffer.data(), buffer.size()};
+    CHILD_CHECK(io_uring_register_buffers(ring_.get(), &whole, 1) == 0);
+}
+
+PinnedBuffer::~PinnedBuffer() {
+    if (error_ == 0) io_uring_queue_exit(ring_.get());
+}
+
+void PinnedBuffer::read_into(const char *text) {
+    int pipe_fds[2];
+    CHILD_CHECK(pipe(pipe_fds) == 0);
+    auto length = static_cast<unsigned>(std::strlen(text) + 1);
+    CHILD_CHECK(write(pipe_fds[1], text, length) == static_cast<ssize_t>(length));
+    io_uring_sqe *sqe = io_uring_get_sqe(ring_.get());
+    io_uring_prep_read_fixed(sqe, pipe_fds[0], buffer_.data(), length, 0, 0);
+    CHILD_CHECK(io_uring_submit(ring_.get()) == 1);
+    io_uring_cqe *cqe = nullptr;
+    CHILD_CHECK(io_uring_wait_cqe(ring_.get(), &cqe) == 0 && cqe->res == static_cast<int>(length));
+    io_uring_cqe_seen(ring_.get(), cqe);
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
 }
 
 int connect_user_service(pid_t pid) {

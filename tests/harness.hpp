@@ -12,10 +12,13 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <initializer_list>
 #include <span>
 #include <string>
 #include <vector>
+
+struct io_uring;  // liburing
 
 namespace xt {
 
@@ -121,6 +124,26 @@ int count_open_fds();
 ssize_t send_descriptor(int socket, int fd, std::span<const std::byte> payload);
 // Receives one byte of payload and a descriptor sent by send_descriptor().
 int receive_descriptor(int socket);
+// One io_uring with a buffer registered as fixed buffer 0: a pin the kernel holds for as
+// long as it stays registered, which an unprivileged process can set up.
+class PinnedBuffer {
+  public:
+    explicit PinnedBuffer(std::span<std::byte> buffer);
+    ~PinnedBuffer();
+    PinnedBuffer(const PinnedBuffer &) = delete;
+    PinnedBuffer &operator=(const PinnedBuffer &) = delete;
+    // 0, or the errno that kept io_uring from being set up (disabled here, say).
+    int error() const { return error_; }
+    // READ_FIXED of `text` (with its NUL) from a pipe into the start of the buffer: the
+    // kernel writes through its pin, not through the process's page tables.
+    void read_into(const char *text);
+
+  private:
+    std::span<std::byte> buffer_;
+    std::unique_ptr<::io_uring> ring_;
+    int error_ = 0;
+};
+
 // A raw connection (SOCK_SEQPACKET) to the user-backend service of process `pid`, found
 // by its name in /proc/net/unix as any local process can; -1 if it has none.
 int connect_user_service(pid_t pid);

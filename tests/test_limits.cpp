@@ -2,7 +2,6 @@
 // behaviour, so a change to it is seen.
 
 #include <fcntl.h>
-#include <liburing.h>
 #include <linux/futex.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -142,46 +141,6 @@ TEST_P(Limits, SystemCallsOnAttachedMemory) {
         });
 }
 
-// One io_uring with `buffer` registered as fixed buffer 0 (a pin the kernel holds for as
-// long as it stays registered), as an unprivileged process can set up.
-class PinnedBuffer {
-  public:
-    explicit PinnedBuffer(std::span<std::byte> buffer) : buffer_(buffer) {
-        ok_ = io_uring_queue_init(4, &ring_, 0) == 0;
-        if (!ok_) return;
-        iovec whole{buffer.data(), buffer.size()};
-        CHILD_CHECK(io_uring_register_buffers(&ring_, &whole, 1) == 0);
-    }
-    ~PinnedBuffer() {
-        if (ok_) io_uring_queue_exit(&ring_);
-    }
-    PinnedBuffer(const PinnedBuffer &) = delete;
-    PinnedBuffer &operator=(const PinnedBuffer &) = delete;
-    bool ok() const { return ok_; }
-
-    // READ_FIXED of `text` from a pipe into the start of the buffer: the kernel writes
-    // through its pin, not through the owner's page tables.
-    void read_into(const char *text) {
-        int pipe_fds[2];
-        CHILD_CHECK(pipe(pipe_fds) == 0);
-        auto length = static_cast<unsigned>(std::strlen(text) + 1);
-        CHILD_CHECK(write(pipe_fds[1], text, length) == static_cast<ssize_t>(length));
-        io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-        io_uring_prep_read_fixed(sqe, pipe_fds[0], buffer_.data(), length, 0, 0);
-        CHILD_CHECK(io_uring_submit(&ring_) == 1);
-        io_uring_cqe *cqe = nullptr;
-        CHILD_CHECK(io_uring_wait_cqe(&ring_, &cqe) == 0 && cqe->res == static_cast<int>(length));
-        io_uring_cqe_seen(&ring_, cqe);
-        close(pipe_fds[0]);
-        close(pipe_fds[1]);
-    }
-
-  private:
-    std::span<std::byte> buffer_;
-    io_uring ring_{};
-    bool ok_ = false;
-};
-
 // Memory pinned by io_uring fixed buffers, attached afterwards. The user backend cannot
 // replace pinned private pages with shareable ones without losing what the kernel writes
 // through the pin later, so the attach fails with EBUSY and the owner's memory stays as it
@@ -192,8 +151,8 @@ TEST_P(Limits, PrivateMemoryPinnedByIoUringIsNeverReplaced) {
     xt::Process owner([&] {
         auto memory = xt::anonymous(2 * kPage);
         std::strcpy(reinterpret_cast<char *>(memory.data()), "before");
-        PinnedBuffer pin(memory);
-        if (!pin.ok()) {  // io_uring disabled here: nothing to pin
+        xt::PinnedBuffer pin(memory);
+        if (pin.error() != 0) {  // io_uring disabled here: nothing to pin
             channel.send_a(xpmem_segid_t{-1});
             return;
         }
@@ -236,8 +195,8 @@ TEST_P(Limits, SharedMemoryPinnedByIoUringAttaches) {
         void *at = mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         CHILD_CHECK(at != MAP_FAILED);
         std::span memory(static_cast<std::byte *>(at), 2 * kPage);
-        PinnedBuffer pin(memory);
-        if (!pin.ok()) {
+        xt::PinnedBuffer pin(memory);
+        if (pin.error() != 0) {
             channel.send_a(xpmem_segid_t{-1});
             return;
         }

@@ -2,13 +2,15 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <string_view>
 
@@ -97,18 +99,61 @@ UniqueFd connect_to(pid_t pid, std::uint32_t key) {
     return connect_to_name(protocol::socket_name(pid, key), pid);
 }
 
-UniqueFd connect_to_owner(std::int64_t segid, std::chrono::milliseconds timeout) {
+// The number of process `pid` (of our pid namespace) in the pid namespace of the /proc we
+// see: they differ when /proc was mounted for another namespace. A pidfd's fdinfo says.
+std::optional<pid_t> pid_in_proc(pid_t pid) {
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+    if (!pidfd) return std::nullopt;
+    std::ifstream info("/proc/self/fdinfo/" + std::to_string(pidfd.get()));
+    std::string line;
+    while (std::getline(info, line))
+        if (line.rfind("Pid:", 0) == 0) {
+            pid_t number = 0;
+            std::string_view value(line.data() + 4, line.size() - 4);
+            while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+                value.remove_prefix(1);
+            auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), number);
+            if (error != std::errc{} || number <= 0) return std::nullopt;
+            return number;
+        }
+    return pid;  // no Pid line (older kernels): the same namespace is all we can assume
+}
+
+std::optional<std::uint64_t> start_time_of(pid_t pid) {
+    std::string path = "/proc/self/stat";
+    if (pid != 0) {
+        std::optional<pid_t> number = pid_in_proc(pid);
+        if (!number) return std::nullopt;
+        path = "/proc/" + std::to_string(*number) + "/stat";
+    }
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return std::nullopt;
+    char text[1024];
+    ssize_t got = ::read(fd.get(), text, sizeof text - 1);
+    if (got <= 0) return std::nullopt;
+    std::string_view stat(text, static_cast<std::size_t>(got));
+    // "pid (comm) state ppid ...": comm may hold anything; field 22 is the start time, the
+    // 20th after the last ')'.
+    std::size_t at = stat.rfind(')');
+    for (int field = 2; field < 22 && at != std::string_view::npos; ++field)
+        at = stat.find(' ', at + 1);
+    if (at == std::string_view::npos) return std::nullopt;
+    std::uint64_t start = 0;
+    auto [end, error] = std::from_chars(stat.data() + at + 1, stat.data() + stat.size(), start);
+    if (error != std::errc{}) return std::nullopt;
+    return start;
+}
+
+UniqueFd connect_to_owner(std::int64_t segid) {
     pid_t pid = protocol::owner_pid(segid);
     for (const std::string &name : service_names(pid)) {
         try {
             UniqueFd fd = connect_to_name(name, pid);
-            std::uint64_t nonce = 0;
-            if (::getrandom(&nonce, sizeof nonce, 0) != sizeof nonce)
-                throw_last_errno("getrandom");
-            send_message(fd.get(), bytes_of(protocol::HelloRequest{.nonce = nonce}), {}, true);
-            if (!wait_readable(fd.get(), timeout)) continue;
-            auto reply = receive_exactly<protocol::HelloReply>(fd.get());
-            if (reply.proof == protocol::proof_of_secret(protocol::owner_secret(segid), nonce))
+            // The pid answers; is it still the process that made the segid? A process that
+            // got the pid later started later. (If the listener passed its socket on and
+            // exited, the pid names another process, or none.)
+            std::optional<std::uint64_t> start = start_time_of(pid);
+            if (start && (*start & protocol::kStartMask) == protocol::owner_start(segid))
                 return fd;
         } catch (const std::system_error &error) {
             if (error.code().value() == ENOMEM) throw;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -30,9 +31,11 @@ util::UniqueFd listen_on(pid_t pid, std::uint32_t key);
 // full) and checks that `pid` really is who answers. The socket is nonblocking.
 util::UniqueFd connect_to(pid_t pid, std::uint32_t key);
 // Connects to the service of the owner of `segid`: the one among the services of its pid
-// that proves it knows the segid's secret within `timeout` (protocol.hpp). ENOENT if none
-// does. The socket is nonblocking.
-util::UniqueFd connect_to_owner(std::int64_t segid, std::chrono::milliseconds timeout);
+// whose process started when the segid says (protocol.hpp). ENOENT if none. The socket is
+// nonblocking.
+util::UniqueFd connect_to_owner(std::int64_t segid);
+// The start time of process `pid` (0: this process) in clock ticks after boot, if readable.
+std::optional<std::uint64_t> start_time_of(pid_t pid);
 PeerCredentials peer_credentials(int socket);
 
 // Sends one message; `nonblocking` fails with EAGAIN instead of waiting for buffer space.

@@ -3,15 +3,16 @@
 // Every process that uses the user backend runs a service thread listening on the
 // abstract Unix socket "xpmem-user/<pid>.<key>" (SOCK_SEQPACKET: one message per
 // datagram), where <key> is drawn at random when it binds: nobody can bind a process's
-// name before it does. Names are public (/proc/net/unix lists them), so they prove
-// nothing. An attacher finds the owner of a segid among the names of its pid, checks that
-// the pid really answers (SO_PEERCRED), then has it prove that it knows the secret the
-// segid carries (HELLO): a process that later gets the same pid and binds the same name
-// cannot. Then it asks GET, ATTACH and RELEASE on that connection, one request at a time;
-// an owner that does not answer in time is given up. An owner removing a segment connects
-// to each attacher's socket (its pid from SO_PEERCRED, its key from its GETs) and sends
-// REVOKE. Every message has a fixed size per type; anything else closes the connection.
-// The peer's identity always comes from SO_PEERCRED, recorded at connect time.
+// name before it does. Names are public (/proc/net/unix lists them) and prove nothing. A
+// segid carries its owner's pid and start time: an attacher finds the names of that pid,
+// checks that the pid really answers (SO_PEERCRED) and that the process with that pid
+// started when the segid says (/proc/<pid>/stat). A process that later gets the same pid
+// and binds the same name started later, and is not trusted. Then the attacher asks GET,
+// ATTACH and RELEASE on that connection, one request at a time; an owner that does not
+// answer in time is given up. An owner removing a segment connects to each attacher's
+// socket (its pid from SO_PEERCRED, its key from its GETs) and sends REVOKE. Every
+// message has a fixed size per type; anything else closes the connection. The peer's
+// identity always comes from SO_PEERCRED, recorded at connect time.
 #pragma once
 
 #include <sys/types.h>
@@ -32,8 +33,6 @@ enum class Type : std::uint32_t {
     release,
     revoke,
     revoke_reply,
-    hello,
-    hello_reply,
 };
 
 struct Header {
@@ -41,56 +40,35 @@ struct Header {
     Type type{};
 };
 
-// segid = serial (16 bits) << 47 | secret (25 bits) << 22 | owner pid (22 bits: Linux pids
-// stay below 2^22). Always positive. The secret is drawn once per process.
+// segid = serial (11 bits) << 52 | owner start time (30 bits) << 22 | owner pid (22 bits:
+// Linux pids stay below 2^22). Always positive. The start time is the low bits of the
+// owner's start in clock ticks after boot (/proc/<pid>/stat): they repeat only after 124
+// days at 100 ticks per second.
 inline constexpr unsigned kPidBits = 22;
-inline constexpr unsigned kSecretBits = 25;
-inline constexpr unsigned kSerialBits = 16;
-inline constexpr std::uint32_t kSecretMask = (1U << kSecretBits) - 1;
+inline constexpr unsigned kStartBits = 30;
+inline constexpr unsigned kSerialBits = 11;
+inline constexpr std::uint32_t kStartMask = (1U << kStartBits) - 1;
 
 inline pid_t owner_pid(std::int64_t segid) {
     return static_cast<pid_t>(segid & ((1 << kPidBits) - 1));
 }
-inline std::uint32_t owner_secret(std::int64_t segid) {
-    return static_cast<std::uint32_t>(segid >> kPidBits) & kSecretMask;
+inline std::uint32_t owner_start(std::int64_t segid) {
+    return static_cast<std::uint32_t>(segid >> kPidBits) & kStartMask;
 }
-// The part of a segid that names its owner (pid and secret).
+// The part of a segid that names its owner (pid and start time).
 inline std::uint64_t owner_of(std::int64_t segid) {
-    return static_cast<std::uint64_t>(segid) &
-           ((std::uint64_t{1} << (kPidBits + kSecretBits)) - 1);
+    return static_cast<std::uint64_t>(segid) & ((std::uint64_t{1} << (kPidBits + kStartBits)) - 1);
 }
-inline std::int64_t make_segid(std::uint32_t serial, std::uint32_t secret, pid_t pid) {
+inline std::int64_t make_segid(std::uint32_t serial, std::uint64_t start, pid_t pid) {
     return static_cast<std::int64_t>(
-        (std::uint64_t{serial & ((1U << kSerialBits) - 1)} << (kPidBits + kSecretBits)) |
-        (std::uint64_t{secret & kSecretMask} << kPidBits) | static_cast<std::uint32_t>(pid));
+        (std::uint64_t{serial & ((1U << kSerialBits) - 1)} << (kPidBits + kStartBits)) |
+        ((start & kStartMask) << kPidBits) | static_cast<std::uint32_t>(pid));
 }
 // apid = serial << 32 | attacher pid (apids never leave the attacher).
 inline std::int64_t make_apid(std::uint32_t serial, pid_t pid) {
     return static_cast<std::int64_t>((std::uint64_t{serial & 0x7fffffffU} << 32) |
                                      static_cast<std::uint32_t>(pid));
 }
-
-// What an owner answers to a HELLO's nonce. Only the attacher that chose the nonce sees
-// the answer, so it needs no more than to depend on every bit of both (splitmix64).
-inline std::uint64_t proof_of_secret(std::uint32_t secret, std::uint64_t nonce) {
-    std::uint64_t z = nonce ^ (std::uint64_t{secret} * 0x9e3779b97f4a7c15ULL);
-    for (int round = 0; round < 2; ++round) {
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        z ^= z >> 31;
-    }
-    return z;
-}
-
-struct HelloRequest {
-    Header header{kMagic, Type::hello};
-    std::uint64_t nonce;
-};
-
-struct HelloReply {
-    Header header{kMagic, Type::hello_reply};
-    std::uint64_t proof;  // proof_of_secret(the owner's secret, nonce)
-};
 
 struct GetRequest {
     Header header{kMagic, Type::get};

@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 
+#include "user/threads.hpp"
 #include "util/error.hpp"
 #include "util/mapping.hpp"
 
@@ -71,14 +72,21 @@ std::uint64_t supported_uffd_features() {
 
 // A userfaultfd set up for write-protection; `unpopulated` says whether it also protects
 // pages that were never touched (else the caller populates them first).
+// `shmem`: for mappings of our files (Linux 5.19), else for private anonymous memory.
 struct WriteProtector {
     bool user_mode_only;
     UniqueFd fd;
     bool unpopulated;
 
-    WriteProtector() : fd(open_userfaultfd(user_mode_only)) {
-        unpopulated = (supported_uffd_features() & UFFD_FEATURE_WP_UNPOPULATED) != 0;
-        uffdio_api api{UFFD_API, unpopulated ? std::uint64_t{UFFD_FEATURE_WP_UNPOPULATED} : 0, 0};
+    explicit WriteProtector(bool shmem) : fd(open_userfaultfd(user_mode_only)) {
+        std::uint64_t supported = supported_uffd_features();
+        if (shmem && (supported & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) == 0)
+            throw_errno(ENOTSUP, "userfaultfd write-protection of shmem");
+        unpopulated = (supported & UFFD_FEATURE_WP_UNPOPULATED) != 0;
+        uffdio_api api{UFFD_API,
+                       (unpopulated ? std::uint64_t{UFFD_FEATURE_WP_UNPOPULATED} : 0) |
+                           (shmem ? std::uint64_t{UFFD_FEATURE_WP_HUGETLBFS_SHMEM} : 0),
+                       0};
         if (::ioctl(fd.get(), UFFDIO_API, &api) < 0) throw_last_errno("UFFDIO_API");
     }
     int register_range(std::uintptr_t start, std::size_t length) const {
@@ -192,6 +200,22 @@ void copy_file_data(int fd, std::uint64_t file_offset, std::uintptr_t start, std
     }
 }
 
+// Where converted bytes come from: private anonymous memory, copied where the pagemap says
+// a page holds data, or a file of ours that `vma` maps, copied where the file holds data.
+struct Source {
+    const Vma &vma;
+    const Pagemap *pagemap;  // anonymous memory; null: copy every page
+    int fd = -1;             // the file `vma` maps, if it is ours
+
+    // Copies [start, start + length) to `to`. Allocates nothing.
+    void copy(std::uintptr_t start, std::size_t length, std::byte *to) const {
+        if (fd >= 0) return copy_file_data(fd, vma.offset + (start - vma.start), start, length, to);
+        std::array<std::uint64_t, kPagesPerStep> entries;
+        if (pagemap != nullptr) pagemap->read(start, std::span(entries.data(), length / kPageSize));
+        copy_pages(start, length, to, pagemap != nullptr ? entries.data() : nullptr);
+    }
+};
+
 // A mapping of `fd` at `offset` (private anonymous memory if `fd` < 0) to copy into, not
 // inherited by fork children.
 Mapping map_backing(int fd, std::uint64_t offset, std::size_t length) {
@@ -219,21 +243,18 @@ int move_over(Mapping &copy, std::uintptr_t start, int prot) noexcept {
 }
 
 // Copies [start, end) without protection: for memory nobody writes, or that cannot be
-// protected. `pagemap` (anonymous memory) limits the copy to pages holding data.
-void convert_step_unprotected(int backing, std::uint64_t file_offset, const Vma &vma,
-                              std::uintptr_t start, std::uintptr_t end, const Pagemap *pagemap) {
-    std::array<std::uint64_t, kPagesPerStep> entries;
+// protected.
+void convert_step_unprotected(int backing, std::uint64_t file_offset, const Source &source,
+                              std::uintptr_t start, std::uintptr_t end) {
     std::size_t length = end - start;
     Mapping copy = map_backing(backing, file_offset, length);
-    if (pagemap != nullptr) pagemap->read(start, std::span(entries.data(), length / kPageSize));
-    copy_pages(start, length, copy.data(), pagemap != nullptr ? entries.data() : nullptr);
-    if (int error = move_over(copy, start, vma.protection())) throw_errno(error, "conversion");
+    source.copy(start, length, copy.data());
+    if (int error = move_over(copy, start, source.vma.protection()))
+        throw_errno(error, "conversion");
 }
 
-void convert_step_protected(const WriteProtector &uffd, const Pagemap &pagemap, int backing,
-                            std::uint64_t file_offset, const Vma &vma, std::uintptr_t start,
-                            std::uintptr_t end) {
-    std::array<std::uint64_t, kPagesPerStep> entries;
+void convert_step_protected(const WriteProtector &uffd, const Source &source, int backing,
+                            std::uint64_t file_offset, std::uintptr_t start, std::uintptr_t end) {
     std::size_t length = end - start;
     Mapping copy = map_backing(backing, file_offset, length);
     if (int error = uffd.register_range(start, length)) throw_errno(error, "UFFDIO_REGISTER");
@@ -246,9 +267,8 @@ void convert_step_protected(const WriteProtector &uffd, const Pagemap &pagemap, 
     int error = uffd.protect(start, length, true);
     if (error == 0) {
         // Writers now block; nothing below allocates or locks.
-        pagemap.read(start, std::span(entries.data(), length / kPageSize));
-        copy_pages(start, length, copy.data(), entries.data());
-        error = move_over(copy, start, vma.protection());
+        source.copy(start, length, copy.data());
+        error = move_over(copy, start, source.vma.protection());
         if (error == 0) uffd.wake(start, length);
     }
     if (error != 0) {
@@ -258,39 +278,43 @@ void convert_step_protected(const WriteProtector &uffd, const Pagemap &pagemap, 
     }
 }
 
-// Anonymous writable memory: write-protected step by step, except the rseq pages in
-// `unprotectable` when only user-mode faults can be caught (threads.hpp). Those are
-// copied alone, unprotected: a store into one in that window of a few microseconds
-// could be lost (README, limits), where protecting it could get the process killed.
+// Writable memory (private anonymous, or a file of ours: `source_fd`) to `backing` at
+// `offset` (private anonymous memory if `backing` < 0), write-protected step by step,
+// except the rseq pages in `unprotectable` when only user-mode faults can be caught
+// (threads.hpp). Those are copied alone, unprotected: a store into one in that window of a
+// few microseconds could be lost (README, limits), where protecting it could get the
+// process killed.
 void convert_write_protected(int backing, std::uint64_t offset, const Vma &vma,
                              std::uintptr_t start, std::uintptr_t end,
-                             std::span<const std::uintptr_t> unprotectable) {
-    WriteProtector uffd;
+                             std::span<const std::uintptr_t> unprotectable, int source_fd = -1) {
+    WriteProtector uffd(source_fd >= 0);
     Pagemap pagemap;
+    Source source{vma, &pagemap, source_fd};
     if (!uffd.user_mode_only) unprotectable = {};
     auto next_unprotectable = std::lower_bound(unprotectable.begin(), unprotectable.end(), start);
     for (std::uintptr_t cursor = start; cursor < end;) {
         std::uint64_t file_offset = offset + (cursor - start);
         if (next_unprotectable != unprotectable.end() && *next_unprotectable == cursor) {
-            convert_step_unprotected(backing, file_offset, vma, cursor, cursor + kPageSize,
-                                     &pagemap);
+            convert_step_unprotected(backing, file_offset, source, cursor, cursor + kPageSize);
             ++next_unprotectable;
             cursor += kPageSize;
             continue;
         }
         std::uintptr_t next = step_end(cursor, end);
         if (next_unprotectable != unprotectable.end()) next = std::min(next, *next_unprotectable);
-        convert_step_protected(uffd, pagemap, backing, file_offset, vma, cursor, next);
+        convert_step_protected(uffd, source, backing, file_offset, cursor, next);
         cursor = next;
     }
 }
 
-// Copies [start, end) of `vma` to `backing` at `offset` (private anonymous memory if
-// `backing` < 0) while stores to it are parked. `source`, when given, is the file `vma`
-// maps: only what it holds is copied.
-void convert_guarded(int backing, std::uint64_t offset, const Vma &vma, std::uintptr_t start,
-                     std::uintptr_t end, int source = -1) {
+// Copies [start, end) of writable memory to `backing` at `offset` (private anonymous
+// memory if `backing` < 0) while stores to it are parked: for mappings userfaultfd cannot
+// protect (private file mappings, and our files before Linux 5.19). A system call that
+// writes there meanwhile fails with EFAULT.
+void convert_guarded(int backing, std::uint64_t offset, const Source &source,
+                     std::uintptr_t start, std::uintptr_t end) {
     install_segv_guard();
+    int protection = source.vma.protection();
     for (std::uintptr_t cursor = start; cursor < end;) {
         std::uintptr_t next = step_end(cursor, end);
         std::size_t length = next - cursor;
@@ -299,17 +323,12 @@ void convert_guarded(int backing, std::uint64_t offset, const Vma &vma, std::uin
         guard_window.end = next;
         guard_window.open = true;
         int error = 0;
-        if (::mprotect(reinterpret_cast<void *>(cursor), length,
-                       (vma.protection() | PROT_READ) & ~PROT_WRITE) < 0)
+        if (::mprotect(reinterpret_cast<void *>(cursor), length, protection & ~PROT_WRITE) < 0)
             error = errno;
         if (error == 0) {
-            if (source >= 0)
-                copy_file_data(source, vma.offset + (cursor - vma.start), cursor, length,
-                               copy.data());
-            else
-                copy_pages(cursor, length, copy.data(), nullptr);
-            error = move_over(copy, cursor, vma.protection());
-            if (error != 0) ::mprotect(reinterpret_cast<void *>(cursor), length, vma.protection());
+            source.copy(cursor, length, copy.data());
+            error = move_over(copy, cursor, protection);
+            if (error != 0) ::mprotect(reinterpret_cast<void *>(cursor), length, protection);
         }
         guard_window.closed_at = now_ns();
         guard_window.open = false;
@@ -318,16 +337,31 @@ void convert_guarded(int backing, std::uint64_t offset, const Vma &vma, std::uin
     }
 }
 
-void convert_quiet(int backing, std::uint64_t offset, const Vma &vma, std::uintptr_t start,
-                   std::uintptr_t end) {
+// Copies [start, end) of `vma` (private memory, or a file of ours: `source_fd`) to
+// `backing` at `offset` (private anonymous memory if `backing` < 0) and moves the copy
+// over it, without losing a concurrent store.
+void convert(int backing, std::uint64_t offset, const Vma &vma, std::uintptr_t start,
+             std::uintptr_t end, std::span<const std::uintptr_t> unprotectable, int source_fd) {
     std::optional<Pagemap> pagemap;
     if (!vma.file_backed()) pagemap.emplace();
-    for (std::uintptr_t cursor = start; cursor < end;) {
-        std::uintptr_t next = step_end(cursor, end);
-        convert_step_unprotected(backing, offset + (cursor - start), vma, cursor, next,
-                                 pagemap ? &*pagemap : nullptr);
-        cursor = next;
+    Source source{vma, pagemap ? &*pagemap : nullptr, source_fd};
+    if (!vma.writable) {  // nobody writes it: a plain copy
+        for (std::uintptr_t cursor = start; cursor < end;) {
+            std::uintptr_t next = step_end(cursor, end);
+            convert_step_unprotected(backing, offset + (cursor - start), source, cursor, next);
+            cursor = next;
+        }
+        return;
     }
+    if (!vma.file_backed() || source_fd >= 0) {
+        try {
+            return convert_write_protected(backing, offset, vma, start, end, unprotectable,
+                                           source_fd);
+        } catch (const std::system_error &error) {
+            if (error.code().value() != ENOTSUP) throw;
+        }
+    }
+    convert_guarded(backing, offset, source, start, end);
 }
 
 }  // namespace
@@ -371,13 +405,8 @@ Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &v
     if (::fallocate(target.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     static_cast<off_t>(offset), static_cast<off_t>(end - start)) < 0)
         throw_last_errno("punch segment file");
-    if (vma.writable && !vma.file_backed())
-        convert_write_protected(target.fd.get(), offset, vma, start, end, unprotectable);
-    else if (vma.writable)
-        convert_guarded(target.fd.get(), offset, vma, start, end,
-                        source != nullptr ? source->fd.get() : -1);
-    else
-        convert_quiet(target.fd.get(), offset, vma, start, end);
+    convert(target.fd.get(), offset, vma, start, end, unprotectable,
+            source != nullptr ? source->fd.get() : -1);
     if (source != nullptr)  // the range left that file: free its copy there
         ::fallocate(source->fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     static_cast<off_t>(vma.offset + (start - vma.start)),
@@ -399,13 +428,17 @@ UniqueFd Backing::descriptor(File &file, bool writable, const Holder &holder) {
     return fd;
 }
 
-void Backing::forget_holders(const std::function<bool(const Holder &)> &gone) {
+void Backing::forget_holders(const std::function<bool(const Holder &)> &gone,
+                             std::span<const std::uintptr_t> known_rseq_pages) {
     std::vector<const File *> orphans;
     for (auto &[inode, file] : files_) {
         std::erase_if(file.holders, gone);
         if (file.handed_out && file.holders.empty()) orphans.push_back(&file);
     }
-    for (const File *file : orphans) take_back(*file);
+    if (orphans.empty()) return;
+    std::vector<Vma> maps = read_maps();
+    std::vector<std::uintptr_t> unprotectable = rseq_pages(known_rseq_pages, maps);
+    for (const File *file : orphans) take_back(*file, maps, unprotectable);
 }
 
 void Backing::forget_unmapped(std::span<const Vma> maps) {
@@ -424,10 +457,13 @@ void Backing::forget_unmapped(std::span<const Vma> maps) {
     }
 }
 
-void Backing::take_back(const File &file) {
-    for (const Vma &vma : read_maps()) {
+void Backing::take_back(const File &file, std::span<const Vma> maps,
+                        std::span<const std::uintptr_t> unprotectable) {
+    for (const Vma &vma : maps) {
         if (file_of(vma) != &file) continue;
-        convert_guarded(-1, 0, vma, vma.start, vma.end, file.fd.get());
+        if (!vma.readable)  // nobody can touch it: make it readable for the copy
+            ::mprotect(reinterpret_cast<void *>(vma.start), vma.end - vma.start, PROT_READ);
+        convert(-1, 0, vma, vma.start, vma.end, unprotectable, file.fd.get());
     }
     // What a kept descriptor still maps is now nobody's memory: free it.
     ::fallocate(file.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,

@@ -13,9 +13,11 @@
 // Conversion fills the file with the same bytes, without losing a store made meanwhile:
 //   - private anonymous writable memory is write-protected with userfaultfd (writers
 //     block in the kernel), copied, the copy mremap'ed over it, then writers are woken;
-//   - writable file mappings (.data, or another segment's file) cannot be registered with
-//     userfaultfd here: they are made read-only for the copy, and a SIGSEGV handler parks
-//     any writer until the copy is in place;
+//   - our own files (memory moving to another segment's file, or back into private memory)
+//     are write-protected the same way (Linux 5.19 and newer);
+//   - private file mappings (.data) cannot be registered with userfaultfd: they are made
+//     read-only for the copy, and a SIGSEGV handler parks any writer until the copy is in
+//     place;
 //   - memory nobody can write (read-only mappings) is simply copied.
 // Conversions run in steps of at most 2 MiB, which bounds how long a writer stalls.
 // Between write-protect and wake nothing allocates or takes a lock: a blocked writer may
@@ -81,7 +83,9 @@ class Backing {
     // Forgets the holders for which `gone` is true, and takes back every file handed out
     // that has no holder left: its memory moves into private memory of the owner, the
     // file is emptied, and whatever descriptors are still out there reach nothing of it.
-    void forget_holders(const std::function<bool(const Holder &)> &gone);
+    // `known_rseq_pages` as for make_shareable().
+    void forget_holders(const std::function<bool(const Holder &)> &gone,
+                        std::span<const std::uintptr_t> known_rseq_pages);
 
     // Closes the files the owner no longer maps anywhere in `maps`.
     void forget_unmapped(std::span<const Vma> maps);
@@ -92,7 +96,8 @@ class Backing {
 
   private:
     File &file_for(const SegmentRange &segment, bool writable_memory);
-    void take_back(const File &file);
+    void take_back(const File &file, std::span<const Vma> maps,
+                   std::span<const std::uintptr_t> unprotectable);
 
     std::map<ino_t, File> files_;  // all memfds live on one device
 };

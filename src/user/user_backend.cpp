@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -61,8 +62,9 @@ constexpr std::size_t kServiceStackSize = 512 * 1024;
 // harm the owner in other ways anyway.
 constexpr std::size_t kMinSessions = 64;
 constexpr std::size_t kMaxSessions = 4096;
+constexpr std::size_t kMaxSegments = std::size_t{1} << protocol::kSerialBits;
 constexpr std::size_t kMaxGrantsPerSession = 4096;
-constexpr std::size_t kMaxGrantsPerUid = 65536;
+constexpr std::size_t kMaxGrantsPerUid = 16384;
 constexpr std::chrono::milliseconds kRevokeTimeout{2000};
 // How long an attacher waits for an owner's reply before giving up with ETIMEDOUT
 // (XPMEM_USER_TIMEOUT_MS overrides it). A reply converts at most kMaxConvertPerReply.
@@ -106,7 +108,7 @@ struct Link {
     std::uint64_t owner;  // protocol::owner_of() of its segids
     UniqueFd socket;
     std::mutex mutex;  // one request/reply at a time
-    bool broken = false;  // guarded by `mutex`: a reply timed out, the stream is out of step
+    unsigned owed = 0;  // guarded by `mutex`: replies that did not come in time
 };
 
 struct PermitRecord {
@@ -175,10 +177,14 @@ class UserBackend final : public Backend {
     void map_sigbus(std::uintptr_t start, std::size_t size, int prot);
     std::vector<Interval> library_intervals_locked() const;
     void note_caller_locked() { known_rseq_pages_.insert(current_rseq_page()); }
+    std::vector<std::uintptr_t> known_rseq_pages() {
+        std::lock_guard lock(mutex_);
+        return {known_rseq_pages_.begin(), known_rseq_pages_.end()};
+    }
 
     const pid_t pid_;
-    const std::uint32_t secret_;  // carried in our segids; our service proves it knows it
-    std::uint32_t key_ = 0;       // drawn at random; names our service together with pid_
+    const std::uint64_t start_;  // our start time, carried in our segids
+    std::uint32_t key_ = 0;      // drawn at random; names our service together with pid_
     const Owner self_;
     const std::chrono::milliseconds request_timeout_;
     const std::size_t max_sessions_;
@@ -214,6 +220,12 @@ std::uint32_t random_number() {
     return number;
 }
 
+std::uint64_t own_start_time() {
+    std::optional<std::uint64_t> start = start_time_of(0);
+    if (!start) throw_errno(EIO, "cannot read /proc/self/stat");
+    return *start;
+}
+
 std::chrono::milliseconds request_timeout_from_environment() {
     const char *value = std::getenv("XPMEM_USER_TIMEOUT_MS");
     if (value == nullptr || *value == '\0') return kDefaultRequestTimeout;
@@ -231,7 +243,7 @@ std::size_t session_budget() {
 
 UserBackend::UserBackend()
     : pid_(::getpid()),
-      secret_(random_number() & protocol::kSecretMask),
+      start_(own_start_time()),
       self_{::geteuid(), ::getegid()},
       request_timeout_(request_timeout_from_environment()),
       max_sessions_(session_budget()),
@@ -303,22 +315,42 @@ void UserBackend::after_fork_child() noexcept {
 
 // ---- owner side: the application's calls ------------------------------------------
 
+// A segid names its owner by pid and start tick, so the owner must outlive that tick
+// before it hands one out: a process that gets the pid after the owner exits then started
+// in a later tick. Only a process younger than one tick (10 ms) waits, at most that long.
+void wait_past_start_tick(std::uint64_t start) {
+    const long ticks_per_second = ::sysconf(_SC_CLK_TCK);
+    if (ticks_per_second <= 0) return;
+    const long tick_ns = 1000000000L / ticks_per_second;
+    for (;;) {
+        timespec now{};
+        ::clock_gettime(CLOCK_BOOTTIME, &now);
+        auto ticks = static_cast<std::uint64_t>(now.tv_sec) * static_cast<std::uint64_t>(ticks_per_second) +
+                     static_cast<std::uint64_t>(now.tv_nsec / tick_ns);
+        if (ticks > start) return;
+        timespec rest{0, tick_ns - now.tv_nsec % tick_ns};
+        ::nanosleep(&rest, nullptr);
+    }
+}
+
 xpmem_segid_t UserBackend::make(std::uintptr_t address, std::size_t size, mode_t mode) {
+    wait_past_start_tick(start_);
     std::lock_guard lock(mutex_);
     note_caller_locked();
     xpmem_segid_t segid;
-    do {  // the serial wraps after 2^16 segments; skip those still live
-        segid = protocol::make_segid(next_serial_++, secret_, pid_);
+    if (segments_.size() >= kMaxSegments) throw_errno(ENOSPC, "xpmem_make: too many segments");
+    do {  // the serial wraps after kMaxSegments segments; skip those still live
+        segid = protocol::make_segid(next_serial_++, start_, pid_);
     } while (segments_.count(segid) != 0);
     segments_.emplace(segid, SegmentRecord{address, size, mode, self_});
     return segid;
 }
 
 void UserBackend::remove(xpmem_segid_t segid) {
-    if (protocol::owner_of(segid) != protocol::owner_of(protocol::make_segid(0, secret_, pid_))) {
+    if (protocol::owner_of(segid) != protocol::owner_of(protocol::make_segid(0, start_, pid_))) {
         // Not ours: EACCES if its owner answers, else it is unknown.
         try {
-            connect_to_owner(segid, request_timeout_);
+            connect_to_owner(segid);
         } catch (const std::system_error &) {
             throw_errno(EINVAL, "xpmem_remove: unknown segment");
         }
@@ -350,7 +382,8 @@ void UserBackend::remove(xpmem_segid_t segid) {
     // before it returns: a peer that kept descriptors reaches none of it any more.
     on_service([&] {
         backing_.forget_holders(
-            [&](const Backing::Holder &holder) { return revoked_grants.count(holder) != 0; });
+            [&](const Backing::Holder &holder) { return revoked_grants.count(holder) != 0; },
+            known_rseq_pages());
     });
     // Tell every attacher's service at once and wait at most kRevokeTimeout for them all.
     // Best effort: an attacher that is gone has nothing left to revoke; one that does not
@@ -387,7 +420,7 @@ std::shared_ptr<Link> UserBackend::link_to(xpmem_segid_t segid) {
     }
     UniqueFd socket;
     try {
-        socket = connect_to_owner(segid, request_timeout_);
+        socket = connect_to_owner(segid);
     } catch (const std::system_error &error) {
         if (error.code().value() == ENOMEM) throw;
         throw_errno(ENOENT, "no such owner");
@@ -405,23 +438,41 @@ std::shared_ptr<Link> UserBackend::link_to(xpmem_segid_t segid) {
     return it->second;
 }
 
-// One request and its reply on `link`, waiting at most request_timeout_. The owner being
-// gone is ENOENT, no reply in time ETIMEDOUT; after either the link is dropped, so that
-// the next call connects afresh rather than read a late reply.
+// One request and its reply on `link`, waiting at most request_timeout_ for each. An owner
+// that does not answer in time is ETIMEDOUT; its reply is owed, and the next request first
+// waits for it and throws it away (releasing the permit a late GET reply granted). The
+// owner being gone is ENOENT, a broken reply EPROTO; after either the link is dropped and
+// the next call connects afresh.
 template <class Reply, class Request>
 Reply UserBackend::ask(Link &link, const Request &request, std::vector<UniqueFd> *fds) {
     std::lock_guard lock(link.mutex);
     int error = ENOENT;
-    if (!link.broken) {
-        try {
-            send_message(link.socket.get(), bytes_of(request), {}, true);
-            if (wait_readable(link.socket.get(), request_timeout_))
-                return receive_exactly<Reply>(link.socket.get(), fds);
-            error = ETIMEDOUT;
-        } catch (const std::system_error &failure) {
-            if (failure.code().value() == EPROTO) error = EPROTO;
+    try {
+        for (; link.owed > 0; --link.owed) {
+            if (!wait_readable(link.socket.get(), request_timeout_))
+                throw_errno(ETIMEDOUT, "owner did not answer in time");
+            alignas(protocol::AttachReply) std::byte late[sizeof(protocol::AttachReply)];
+            std::vector<UniqueFd> late_fds;
+            std::size_t size = receive_message(link.socket.get(), late, &late_fds);
+            if (size == 0) throw_errno(ECONNRESET, "owner gone");
+            protocol::GetReply granted;
+            if (size == sizeof granted) {
+                std::memcpy(&granted, late, sizeof granted);
+                if (granted.header.type == protocol::Type::get_reply && granted.error == 0)
+                    send_message(link.socket.get(),
+                                 bytes_of(protocol::ReleaseRequest{.permit = granted.permit}), {},
+                                 true);
+            }
         }
-        link.broken = true;
+        send_message(link.socket.get(), bytes_of(request), {}, true);
+        ++link.owed;
+        if (!wait_readable(link.socket.get(), request_timeout_))
+            throw_errno(ETIMEDOUT, "owner did not answer in time");
+        --link.owed;
+        return receive_exactly<Reply>(link.socket.get(), fds);
+    } catch (const std::system_error &failure) {
+        if (failure.code().value() == ETIMEDOUT) throw;
+        if (failure.code().value() == EPROTO) error = EPROTO;
     }
     {
         std::lock_guard tables(mutex_);
@@ -431,7 +482,7 @@ Reply UserBackend::ask(Link &link, const Request &request, std::vector<UniqueFd>
             links_.erase(it);
         }
     }
-    throw_errno(error, error == ETIMEDOUT ? "owner did not answer in time" : "owner gone");
+    throw_errno(error, "owner gone");
 }
 
 xpmem_apid_t UserBackend::get(xpmem_segid_t segid, int flags) {
@@ -471,8 +522,7 @@ void UserBackend::release(xpmem_apid_t apid) {
     }
     std::lock_guard lock(link->mutex);
     try {
-        if (!link->broken)
-            send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}),
+        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}),
                          {}, true);
     } catch (const std::system_error &) {
         // The owner is gone or not reading; it forgets the grant when the link closes.
@@ -717,7 +767,8 @@ void UserBackend::close_session(std::uint64_t tag) {
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.get(), nullptr);
         sessions_.erase(it);  // and with it every grant the peer held
     }
-    backing_.forget_holders([&](const Backing::Holder &holder) { return holder.first == tag; });
+    backing_.forget_holders([&](const Backing::Holder &holder) { return holder.first == tag; },
+                            known_rseq_pages());
 }
 
 void UserBackend::on_service(std::function<void()> work) {
@@ -780,16 +831,12 @@ void UserBackend::serve_session(std::uint64_t tag) {
         std::memcpy(&body, buffer, sizeof body);
         return true;
     };
-    protocol::HelloRequest hello;
     protocol::GetRequest get;
     protocol::AttachRequest attach;
     protocol::ReleaseRequest release;
     protocol::RevokeRequest revoke;
     if (header.magic != protocol::kMagic) {
         close_session(tag);
-    } else if (parse(hello)) {
-        protocol::HelloReply reply{.proof = protocol::proof_of_secret(secret_, hello.nonce)};
-        send_message(session->socket.get(), bytes_of(reply), {}, true);
     } else if (parse(get)) {
         handle_get(*session, get);
     } else if (parse(attach)) {
@@ -799,9 +846,11 @@ void UserBackend::serve_session(std::uint64_t tag) {
             std::lock_guard lock(mutex_);
             session->grants.erase(release.permit);
         }
-        backing_.forget_holders([&](const Backing::Holder &holder) {
-            return holder == Backing::Holder{tag, release.permit};
-        });
+        backing_.forget_holders(
+            [&](const Backing::Holder &holder) {
+                return holder == Backing::Holder{tag, release.permit};
+            },
+            known_rseq_pages());
     } else if (parse(revoke)) {
         handle_revoke(*session, revoke);
     } else {

@@ -25,16 +25,17 @@ struct SegmentSpec {
     mode_t mode;
     bool memfd;             // a MAP_SHARED memfd region (handed out as it is) or private memory
     mode_t file_mode;       // the memfd's mode: 0 leaves memfd_create's 0777
+    bool sealed;            // the memfd is sealed against growing, shrinking and more seals
     std::size_t hole_page;  // a PROT_NONE page inside the segment (served as a hole)
 };
 
 inline constexpr std::array<SegmentSpec, 6> kSegments{{
-    {"private-0600", 16, 0600, false, 0, kNoHole},
-    {"private-0644", 16, 0644, false, 0, kNoHole},
-    {"private-0666-with-hole", 16, 0666, false, 0, 5},
-    {"memfd-0644", 8, 0644, true, 0, kNoHole},
-    {"memfd-0666-file-0644", 8, 0666, true, 0644, kNoHole},
-    {"churn-0666", 8, 0666, false, 0, kNoHole},
+    {"private-0600", 16, 0600, false, 0, false, kNoHole},
+    {"private-0644", 16, 0644, false, 0, false, kNoHole},
+    {"private-0666-with-hole", 16, 0666, false, 0, false, 5},
+    {"memfd-0644", 8, 0644, true, 0, false, kNoHole},
+    {"memfd-0666-file-0644-sealed", 8, 0666, true, 0644, true, kNoHole},
+    {"churn-0666", 8, 0666, false, 0, false, kNoHole},
 }};
 // The owner removes this segment and makes it again over the same memory every few
 // milliseconds: its ids go stale while fuzzers hold grants and attach. It comes last.
@@ -52,7 +53,6 @@ constexpr std::uint64_t stamp(std::size_t segment, std::uint64_t offset) {
 // What fuzzing processes send. Every message sent and every connection opened for its
 // own sake is one input.
 enum class Op : unsigned {
-    hello,             // valid HELLO, random nonce
     get,               // GET: real, stale, forged and garbage ids; all flags
     attach,            // ATTACH: own, released and forged permits; offsets/sizes at bounds
     release,           // RELEASE of own, released and forged permits
@@ -67,7 +67,7 @@ enum class Op : unsigned {
     count
 };
 inline constexpr std::array kOpNames{
-    "hello",       "get",        "attach", "release",          "revoke",        "mutated",
+    "get",         "attach",     "release", "revoke",         "mutated",
     "descriptors", "half_close", "burst",  "many_connections", "connect_close", "grant_flood"};
 static_assert(kOpNames.size() == static_cast<std::size_t>(Op::count));
 

@@ -119,7 +119,6 @@ bool is_exactly(const Message &message) {
 std::optional<wire::Type> request_type(const Message &message) {
     if (message.size < sizeof(wire::Header) || message.header().magic != wire::kMagic)
         return std::nullopt;
-    if (is_exactly<wire::HelloRequest>(message)) return wire::Type::hello;
     if (is_exactly<wire::GetRequest>(message)) return wire::Type::get;
     if (is_exactly<wire::AttachRequest>(message)) return wire::Type::attach;
     if (is_exactly<wire::ReleaseRequest>(message)) return wire::Type::release;
@@ -181,7 +180,7 @@ class Fuzzer {
         groups_.resize(static_cast<std::size_t>(std::max(::getgroups(0, nullptr), 0)));
         groups_.resize(static_cast<std::size_t>(
             std::max(::getgroups(static_cast<int>(groups_.size()), groups_.data()), 0)));
-        secret_ = wire::owner_secret(shared_.segids[0].load());
+        start_ = wire::owner_start(shared_.segids[0].load());
         for (std::size_t i = 0; i + 1 < kSegments.size(); ++i)
             fixed_serials_.push_back(serial_of(shared_.segids[i].load()));
         make_descriptor_pool();
@@ -201,7 +200,6 @@ class Fuzzer {
     void step(Draws &d) {
         if (d.below(100000) == 0) return grant_flood();
         std::uint64_t choice = d.below(1000);
-        if (choice < 50) return single(d, Op::hello, Message::of(hello(d)));
         if (choice < 280) return single(d, Op::get, Message::of(get(d)));
         if (choice < 440) return single(d, Op::attach, Message::of(attach(d)));
         if (choice < 500) return single(d, Op::release, Message::of(release(d)));
@@ -216,7 +214,7 @@ class Fuzzer {
 
     static std::uint32_t serial_of(std::int64_t segid) {
         return static_cast<std::uint32_t>(static_cast<std::uint64_t>(segid) >>
-                                          (wire::kPidBits + wire::kSecretBits));
+                                          (wire::kPidBits + wire::kStartBits));
     }
 
     std::int64_t real_segid(Draws &d) { return shared_.segids[d.below(kSegments.size())].load(); }
@@ -237,15 +235,15 @@ class Fuzzer {
         if (choice < 55) return real;
         if (choice < 65) return stale_segid(d);
         if (choice < 72)
-            return wire::make_segid(static_cast<std::uint32_t>(d.raw()), secret_, owner);
+            return wire::make_segid(static_cast<std::uint32_t>(d.raw()), start_, owner);
         if (choice < 78) return real ^ static_cast<std::int64_t>(std::uint64_t{1} << d.below(63));
         if (choice < 84)
-            return wire::make_segid(serial_of(real), secret_ ^ (1U << d.below(wire::kSecretBits)),
+            return wire::make_segid(serial_of(real), start_ ^ (1U << d.below(wire::kStartBits)),
                                     owner);
         if (choice < 90) {
             std::array<pid_t, 4> others{::getpid(), shared_.attacher, 1,
                                         static_cast<pid_t>(d.below(1U << wire::kPidBits))};
-            return wire::make_segid(serial_of(real), secret_, d.pick(others));
+            return wire::make_segid(serial_of(real), start_, d.pick(others));
         }
         if (choice < 95) return static_cast<std::int64_t>(d.raw());
         static constexpr std::array<std::int64_t, 4> kEdges{
@@ -278,7 +276,6 @@ class Fuzzer {
         return choice < 96 ? d.pick(kEdges) : d.raw();
     }
 
-    wire::HelloRequest hello(Draws &d) { return {.nonce = d.raw()}; }
 
     wire::GetRequest get(Draws &d) {
         return {.segid = choose_segid(d),
@@ -347,14 +344,12 @@ class Fuzzer {
 
     // Any valid request.
     Message any_request(Draws &d, bool with_release = true) {
-        switch (d.below(with_release ? 5 : 4)) {
+        switch (d.below(with_release ? 4 : 3)) {
             case 0:
-                return Message::of(hello(d));
-            case 1:
                 return Message::of(get(d));
-            case 2:
+            case 1:
                 return Message::of(attach(d));
-            case 3:
+            case 2:
                 return Message::of(revoke(d));
             default:
                 return Message::of(release(d));
@@ -364,12 +359,10 @@ class Fuzzer {
     // A request, or a reply sent as if it were one.
     Message any_message(Draws &d) {
         if (d.below(5) != 0) return any_request(d);
-        switch (d.below(4)) {
+        switch (d.below(3)) {
             case 0:
-                return Message::of(wire::HelloReply{.proof = d.raw()});
-            case 1:
                 return Message::of(wire::GetReply{.error = 0, .permit = d.raw()});
-            case 2:
+            case 1:
                 return Message::of(wire::RevokeReply{.error = 0});
             default: {  // an ATTACH reply is too large for the service's buffer: cut it
                 Message message;
@@ -680,13 +673,6 @@ class Fuzzer {
     void check_reply(Connection &c, const Pending &request, std::span<const std::byte> reply,
                      std::span<const UniqueFd> fds) {
         switch (*request.type) {
-            case wire::Type::hello: {
-                auto body = reply_as<wire::HelloReply>(request, reply, fds);
-                std::uint64_t nonce = request.message.as<wire::HelloRequest>().nonce;
-                if (body && body->proof != wire::proof_of_secret(secret_, nonce))
-                    failure(fmt::format("wrong proof {:#x} to {}", body->proof, describe(request)));
-                return;
-            }
             case wire::Type::get: {
                 if (auto body = reply_as<wire::GetReply>(request, reply, fds))
                     check_get(c, request, *body);
@@ -804,10 +790,15 @@ class Fuzzer {
             if (piece.fd_index < 0) {
                 bool in_hole = spec.hole_page != kNoHole && at >= spec.hole_page * kPage &&
                                at + piece.length <= (spec.hole_page + 1) * kPage;
-                // A memfd we could reopen for writing is withheld from a read-only grant
-                // (root and the owner's uid could reopen anything of the owner's anyway).
-                bool withheld = spec.memfd && read_only && uid_ != 0 && uid_ != shared_.owner_uid &&
-                                permitted(spec.file_mode != 0 ? spec.file_mode : 0777, XPMEM_RDWR);
+                // Another user gets a memfd only if it is sealed, and for a read-only grant
+                // only if its mode keeps that user from reopening it for writing (root and
+                // the owner's uid get everything of the owner's anyway).
+                bool foreign = uid_ != 0 && uid_ != shared_.owner_uid;
+                bool withheld =
+                    spec.memfd && foreign &&
+                    (!spec.sealed ||
+                     (read_only &&
+                      permitted(spec.file_mode != 0 ? spec.file_mode : 0777, XPMEM_RDWR)));
                 if (!in_hole && !withheld) failure("a hole where the owner has memory: " + where);
             } else if (piece.file_offset != at) {
                 failure("a file piece away from its place in the segment: " + where);
@@ -926,7 +917,7 @@ class Fuzzer {
             // We stop reading: the service's answer cannot be delivered, so it must close.
             ::shutdown(c.socket.get(), SHUT_RD);
             count(Op::half_close);
-            if (!send(c, Message::of(hello(d)))) return;
+            if (!send(c, Message::of(get(d)))) return;
             pollfd entry{c.socket.get(), POLLHUP, 0};
             if (::poll(&entry, 1, kReplyTimeoutMs) != 1 || (entry.revents & POLLHUP) == 0)
                 failure("the service kept a connection whose answer it could not deliver");
@@ -942,9 +933,9 @@ class Fuzzer {
         // still let a message through after SHUT_WR, it must be answered like any other.
         ::shutdown(c.socket.get(), SHUT_WR);
         count(Op::half_close);
-        Message late = Message::of(hello(d));
+        Message late = Message::of(get(d));
         if (::send(c.socket.get(), late.data.data(), late.size, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0)
-            c.pending.push_back(Pending{late, wire::Type::hello, {}, inputs_});
+            c.pending.push_back(Pending{late, wire::Type::get, {}, inputs_});
         else if (errno != EPIPE)
             failure(fmt::format("send after shutdown(SHUT_WR): {}", std::strerror(errno)));
         c.doomed = true;
@@ -970,7 +961,7 @@ class Fuzzer {
         for (std::uint64_t n = 2 + d.below(most - 1); n > 0; --n) {
             connections.push_back(connect());
             count(Op::many_connections, 2);
-            post(connections.back(), d.below(2) == 0 ? Message::of(hello(d)) : Message::of(get(d)));
+            post(connections.back(), Message::of(get(d)));
         }
         for (Connection &c : connections) drain(c);
     }
@@ -1054,7 +1045,7 @@ class Fuzzer {
     uid_t uid_;
     gid_t gid_;
     std::vector<gid_t> groups_;
-    std::uint32_t secret_;
+    std::uint32_t start_;
     std::vector<std::uint32_t> fixed_serials_;
     std::vector<UniqueFd> pool_;  // descriptors to attach to messages
     Connection main_;
