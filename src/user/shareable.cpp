@@ -14,13 +14,13 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "util/error.hpp"
 #include "util/mapping.hpp"
+#include "util/sanitizer.hpp"
 
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)  // Linux 6.7
@@ -171,8 +171,9 @@ void copy_pages(std::uintptr_t start, std::size_t length, std::byte *to,
         }
         std::size_t run = page;
         while (run < pages && holds_data(run)) ++run;
-        std::memcpy(to + page * kPageSize, reinterpret_cast<const void *>(start + page * kPageSize),
-                    (run - page) * kPageSize);
+        util::copy_pages_unchecked(to + page * kPageSize,
+                                   reinterpret_cast<const void *>(start + page * kPageSize),
+                                   (run - page) * kPageSize);
         page = run;
     }
 }
@@ -380,8 +381,9 @@ void make_private_after_fork(int backing_fd) noexcept {
                 if (data < 0 || data >= limit) break;
                 off_t hole = std::min(::lseek(backing_fd, data, SEEK_HOLE), limit);
                 auto skip = static_cast<std::size_t>(data - static_cast<off_t>(vma.offset));
-                std::memcpy(copy.data() + skip, reinterpret_cast<const void *>(vma.start + skip),
-                            static_cast<std::size_t>(hole - data));
+                util::copy_pages_unchecked(copy.data() + skip,
+                                           reinterpret_cast<const void *>(vma.start + skip),
+                                           static_cast<std::size_t>(hole - data));
                 from = hole;
             }
             move_over(copy, vma.start, vma.protection());
