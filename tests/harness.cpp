@@ -365,3 +365,16 @@ std::string backend_test_name(const ::testing::TestParamInfo<std::string> &info)
 }
 
 }  // namespace xt
+
+// Under a sanitizer: tests expect children to die of SIGSEGV or SIGBUS (revoked
+// attachments, read-only permits, holes), so the sanitizers must leave those signals to
+// the kernel instead of reporting them and exiting with an error. Memory and race checks
+// are unchanged. Compiled into every test program; ignored without a sanitizer.
+extern "C" const char *__asan_default_options() {
+    return "handle_segv=0:handle_sigbus=0";
+}
+// die_after_fork=0: the library starts its service thread afresh in a fork child of a
+// process that already ran one (tests fork owners and attachers from such processes).
+extern "C" const char *__tsan_default_options() {
+    return "handle_segv=0:handle_sigbus=0:die_after_fork=0";
+}

@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -91,19 +92,22 @@ class Library {
 };
 
 // Highest address a page can be mapped at, probed once: TASK_SIZE differs between
-// 4- and 5-level paging and between architectures.
+// 4- and 5-level paging and between architectures. Raw system calls: ThreadSanitizer's
+// mmap interceptor replaces an address outside the ranges it models (those probed above
+// 2^47) by 0, which fails, or as root maps page 0 and makes it abort the process.
 std::uintptr_t probe_user_space_end() {
     for (unsigned bits : {56U, 52U, 48U, 47U}) {
         std::uintptr_t top = std::uintptr_t{1} << bits;
         for (std::uintptr_t end : {top, top - util::kPageSize}) {
             void *want = reinterpret_cast<void *>(end - util::kPageSize);
-            void *got = ::mmap(want, util::kPageSize, PROT_NONE,
-                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            auto *got = reinterpret_cast<void *>(
+                ::syscall(SYS_mmap, want, util::kPageSize, PROT_NONE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
             if (got == MAP_FAILED) {
                 if (errno == EEXIST) return end;  // something is mapped there: it is valid
                 continue;
             }
-            ::munmap(got, util::kPageSize);
+            ::syscall(SYS_munmap, got, util::kPageSize);
             if (got == want) return end;
         }
     }

@@ -14,7 +14,6 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +21,7 @@
 #include "user/threads.hpp"
 #include "util/error.hpp"
 #include "util/mapping.hpp"
+#include "util/sanitizer.hpp"
 
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)  // Linux 6.7
@@ -177,8 +177,9 @@ void copy_pages(std::uintptr_t start, std::size_t length, std::byte *to,
         }
         std::size_t run = page;
         while (run < pages && holds_data(run)) ++run;
-        std::memcpy(to + page * kPageSize, reinterpret_cast<const void *>(start + page * kPageSize),
-                    (run - page) * kPageSize);
+        util::copy_pages_unchecked(to + page * kPageSize,
+                                   reinterpret_cast<const void *>(start + page * kPageSize),
+                                   (run - page) * kPageSize);
         page = run;
     }
 }
@@ -194,8 +195,8 @@ void copy_file_data(int fd, std::uint64_t file_offset, std::uintptr_t start, std
         if (data < 0 || data >= limit) break;
         off_t hole = std::min(::lseek(fd, data, SEEK_HOLE), limit);
         auto skip = static_cast<std::size_t>(data - static_cast<off_t>(file_offset));
-        std::memcpy(to + skip, reinterpret_cast<const void *>(start + skip),
-                    static_cast<std::size_t>(hole - data));
+        util::copy_pages_unchecked(to + skip, reinterpret_cast<const void *>(start + skip),
+                                   static_cast<std::size_t>(hole - data));
         from = hole;
     }
 }

@@ -1,8 +1,11 @@
 #include "user/threads.hpp"
 
 #include <pthread.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 
 #include "util/mapping.hpp"
@@ -38,14 +41,23 @@ std::size_t default_stack_size() noexcept {
 // Adds the rseq page of every thread descriptor in the two pages below `top`. A glibc
 // thread pointer (x86-64 tcbhead_t) points at itself twice, at offsets 0 and 16: a
 // signature ordinary data does not show, so memory merely lying above a PROT_NONE
-// mapping is not mistaken for a thread's.
+// mapping is not mistaken for a thread's. The words are read by the kernel
+// (process_vm_readv), not loaded: another thread may unmap the mapping after
+// /proc/self/maps showed it, and a fault here, in the service thread, which blocks
+// every signal, would kill the process.
 void add_descriptors_below(std::uintptr_t top, const Vma &stack,
                            std::vector<std::uintptr_t> &pages) {
+    std::array<std::uintptr_t, 2 * util::kPageSize / sizeof(std::uintptr_t)> words;
     std::uintptr_t from = std::max(stack.start, top - 2 * util::kPageSize);
-    for (std::uintptr_t word = from; word + 3 * sizeof(std::uintptr_t) <= top;
-         word += sizeof(std::uintptr_t)) {
-        const auto *slots = reinterpret_cast<const std::uintptr_t *>(word);
-        if (slots[0] == word && slots[2] == word)
+    if (from >= top) return;
+    iovec local{words.data(), top - from};
+    iovec remote{reinterpret_cast<void *>(from), top - from};
+    ssize_t got = ::process_vm_readv(::getpid(), &local, 1, &remote, 1, 0);
+    if (got <= 0) return;  // gone already
+    std::size_t count = static_cast<std::size_t>(got) / sizeof(std::uintptr_t);
+    for (std::size_t i = 0; i + 2 < count; ++i) {
+        std::uintptr_t word = from + i * sizeof(std::uintptr_t);
+        if (words[i] == word && words[i + 2] == word)
             pages.push_back(util::page_down(word + static_cast<std::uintptr_t>(__rseq_offset)));
     }
 }

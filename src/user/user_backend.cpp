@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +45,7 @@
 #include "user/threads.hpp"
 #include "util/error.hpp"
 #include "util/mapping.hpp"
+#include "util/sanitizer.hpp"
 
 namespace xpmem::core {
 namespace {
@@ -54,12 +56,14 @@ using util::throw_errno;
 using util::throw_last_errno;
 using util::UniqueFd;
 
-constexpr std::size_t kServiceStackSize = 512 * 1024;
+// ThreadSanitizer keeps its per-thread state (about 900 KiB) in static TLS, which glibc
+// places at the top of a caller-provided stack.
+constexpr std::size_t kServiceStackSize = util::kThreadSanitizer ? 8 << 20 : 512 * 1024;
 // Peers are bounded so that they can neither exhaust the owner's memory nor starve its
 // application of descriptors: sessions take at most a quarter of RLIMIT_NOFILE (within
 // these bounds), another uid at most a quarter of those, a session at most
-// kMaxGrantsPerSession permits and a uid at most kMaxGrantsPerUid. The owner's own uid is bounded only by the total: it could
-// harm the owner in other ways anyway.
+// kMaxGrantsPerSession permits and a uid at most kMaxGrantsPerUid. The owner's own uid is
+// bounded only by the total: it could harm the owner in other ways anyway.
 constexpr std::size_t kMinSessions = 64;
 constexpr std::size_t kMaxSessions = 4096;
 constexpr std::size_t kMaxSegments = std::size_t{1} << protocol::kSerialBits;
@@ -530,8 +534,11 @@ void UserBackend::release(xpmem_apid_t apid) {
 }
 
 void UserBackend::map_sigbus(std::uintptr_t start, std::size_t size, int prot) {
-    void *at = ::mmap(reinterpret_cast<void *>(start), size, prot, MAP_PRIVATE | MAP_FIXED,
-                      sigbus_.get(), 0);
+    // A raw system call: a revocation replaces pages while the application may be using
+    // them, by design (each access sees the old page or SIGBUS). ThreadSanitizer's mmap
+    // interceptor would count the mapping as a write racing with those accesses.
+    auto *at = reinterpret_cast<void *>(
+        ::syscall(SYS_mmap, start, size, prot, MAP_PRIVATE | MAP_FIXED, sigbus_.get(), 0));
     if (at == MAP_FAILED) throw_last_errno("map hole");
 }
 
