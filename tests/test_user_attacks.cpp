@@ -708,6 +708,7 @@ TEST_P(UserAttacks, OnePagePermitReachesNothingElse) {
 // A read-write permit must not let the attacker resize or seal the victim's object: the
 // victim would die of SIGBUS touching its own memory, or could no longer grow it.
 TEST_P(UserAttacks, ReadWritePermitCannotTruncateOrSealTheVictimsObject) {
+    REQUIRE_ROOT("needs two uids: the owner's own uid gets its objects as they are");
     REQUIRE_ROOT("the attacker must be another uid than the victim (0600, fchmod)");
     xt::Channel channel;
     xt::Process victim([&] {
@@ -759,6 +760,7 @@ TEST_P(UserAttacks, ReadWritePermitCannotTruncateOrSealTheVictimsObject) {
 // The same object, grown by the victim after the attach: a read-only permit's descriptor
 // must not read what now lies beyond the segment.
 TEST_P(UserAttacks, ReadOnlyPermitDoesNotReachTheObjectsLaterGrowth) {
+    REQUIRE_ROOT("needs two uids: the owner's own uid gets its objects as they are");
     xt::Channel channel;
     xt::Process victim([&] {
         be(kVictimUid);

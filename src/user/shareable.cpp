@@ -18,7 +18,6 @@
 #include <optional>
 #include <string>
 
-#include "user/threads.hpp"
 #include "util/error.hpp"
 #include "util/mapping.hpp"
 #include "util/sanitizer.hpp"
@@ -45,13 +44,11 @@ std::uintptr_t step_end(std::uintptr_t cursor, std::uintptr_t end) {
 
 // ---- userfaultfd -------------------------------------------------------------------
 
-// Sets `user_mode_only` when only user-mode faults can be caught: without privilege,
+// Catches only user-mode faults when that is all it may: without privilege,
 // vm.unprivileged_userfaultfd = 0 allows no more.
-UniqueFd open_userfaultfd(bool &user_mode_only) {
-    user_mode_only = false;
+UniqueFd open_userfaultfd() {
     int fd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
     if (fd < 0 && errno == EPERM) {
-        user_mode_only = true;
         fd = static_cast<int>(
             ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
     }
@@ -61,8 +58,7 @@ UniqueFd open_userfaultfd(bool &user_mode_only) {
 
 std::uint64_t supported_uffd_features() {
     static const std::uint64_t features = [] {
-        bool user_mode_only;
-        UniqueFd fd = open_userfaultfd(user_mode_only);
+        UniqueFd fd = open_userfaultfd();
         uffdio_api api{UFFD_API, 0, 0};
         if (::ioctl(fd.get(), UFFDIO_API, &api) < 0) throw_last_errno("UFFDIO_API");
         return static_cast<std::uint64_t>(api.features);
@@ -74,11 +70,10 @@ std::uint64_t supported_uffd_features() {
 // pages that were never touched (else the caller populates them first).
 // `shmem`: for mappings of our files (Linux 5.19), else for private anonymous memory.
 struct WriteProtector {
-    bool user_mode_only;
     UniqueFd fd;
     bool unpopulated;
 
-    explicit WriteProtector(bool shmem) : fd(open_userfaultfd(user_mode_only)) {
+    explicit WriteProtector(bool shmem) : fd(open_userfaultfd()) {
         std::uint64_t supported = supported_uffd_features();
         if (shmem && (supported & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) == 0)
             throw_errno(ENOTSUP, "userfaultfd write-protection of shmem");
@@ -280,30 +275,15 @@ void convert_step_protected(const WriteProtector &uffd, const Source &source, in
 }
 
 // Writable memory (private anonymous, or a file of ours: `source_fd`) to `backing` at
-// `offset` (private anonymous memory if `backing` < 0), write-protected step by step,
-// except the rseq pages in `unprotectable` when only user-mode faults can be caught
-// (threads.hpp). Those are copied alone, unprotected: a store into one in that window of a
-// few microseconds could be lost (README, limits), where protecting it could get the
-// process killed.
+// `offset` (private anonymous memory if `backing` < 0), write-protected step by step.
 void convert_write_protected(int backing, std::uint64_t offset, const Vma &vma,
-                             std::uintptr_t start, std::uintptr_t end,
-                             std::span<const std::uintptr_t> unprotectable, int source_fd = -1) {
+                             std::uintptr_t start, std::uintptr_t end, int source_fd) {
     WriteProtector uffd(source_fd >= 0);
     Pagemap pagemap;
     Source source{vma, &pagemap, source_fd};
-    if (!uffd.user_mode_only) unprotectable = {};
-    auto next_unprotectable = std::lower_bound(unprotectable.begin(), unprotectable.end(), start);
     for (std::uintptr_t cursor = start; cursor < end;) {
-        std::uint64_t file_offset = offset + (cursor - start);
-        if (next_unprotectable != unprotectable.end() && *next_unprotectable == cursor) {
-            convert_step_unprotected(backing, file_offset, source, cursor, cursor + kPageSize);
-            ++next_unprotectable;
-            cursor += kPageSize;
-            continue;
-        }
         std::uintptr_t next = step_end(cursor, end);
-        if (next_unprotectable != unprotectable.end()) next = std::min(next, *next_unprotectable);
-        convert_step_protected(uffd, source, backing, file_offset, cursor, next);
+        convert_step_protected(uffd, source, backing, offset + (cursor - start), cursor, next);
         cursor = next;
     }
 }
@@ -340,9 +320,10 @@ void convert_guarded(int backing, std::uint64_t offset, const Source &source,
 
 // Copies [start, end) of `vma` (private memory, or a file of ours: `source_fd`) to
 // `backing` at `offset` (private anonymous memory if `backing` < 0) and moves the copy
-// over it, without losing a concurrent store.
+// over it, without losing a concurrent store. The range holds no thread descriptor
+// (threads.hpp): the kernel's writes there could not be ordered against the copy.
 void convert(int backing, std::uint64_t offset, const Vma &vma, std::uintptr_t start,
-             std::uintptr_t end, std::span<const std::uintptr_t> unprotectable, int source_fd) {
+             std::uintptr_t end, int source_fd) {
     std::optional<Pagemap> pagemap;
     if (!vma.file_backed()) pagemap.emplace();
     Source source{vma, pagemap ? &*pagemap : nullptr, source_fd};
@@ -356,8 +337,7 @@ void convert(int backing, std::uint64_t offset, const Vma &vma, std::uintptr_t s
     }
     if (!vma.file_backed() || source_fd >= 0) {
         try {
-            return convert_write_protected(backing, offset, vma, start, end, unprotectable,
-                                           source_fd);
+            return convert_write_protected(backing, offset, vma, start, end, source_fd);
         } catch (const std::system_error &error) {
             if (error.code().value() != ENOTSUP) throw;
         }
@@ -397,8 +377,7 @@ Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memo
 }
 
 Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &vma,
-                                       std::uintptr_t start, std::uintptr_t end,
-                                       std::span<const std::uintptr_t> unprotectable) {
+                                       std::uintptr_t start, std::uintptr_t end) {
     File *source = file_of(vma);
     File &target = file_for(segment, vma.writable);
     std::uint64_t offset = start - segment.start;
@@ -406,8 +385,7 @@ Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &v
     if (::fallocate(target.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     static_cast<off_t>(offset), static_cast<off_t>(end - start)) < 0)
         throw_last_errno("punch segment file");
-    convert(target.fd.get(), offset, vma, start, end, unprotectable,
-            source != nullptr ? source->fd.get() : -1);
+    convert(target.fd.get(), offset, vma, start, end, source != nullptr ? source->fd.get() : -1);
     if (source != nullptr)  // the range left that file: free its copy there
         ::fallocate(source->fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     static_cast<off_t>(vma.offset + (start - vma.start)),
@@ -429,8 +407,7 @@ UniqueFd Backing::descriptor(File &file, bool writable, const Holder &holder) {
     return fd;
 }
 
-void Backing::forget_holders(const std::function<bool(const Holder &)> &gone,
-                             std::span<const std::uintptr_t> known_rseq_pages) {
+void Backing::forget_holders(const std::function<bool(const Holder &)> &gone) {
     std::vector<const File *> orphans;
     for (auto &[inode, file] : files_) {
         std::erase_if(file.holders, gone);
@@ -438,8 +415,7 @@ void Backing::forget_holders(const std::function<bool(const Holder &)> &gone,
     }
     if (orphans.empty()) return;
     std::vector<Vma> maps = read_maps();
-    std::vector<std::uintptr_t> unprotectable = rseq_pages(known_rseq_pages, maps);
-    for (const File *file : orphans) take_back(*file, maps, unprotectable);
+    for (const File *file : orphans) take_back(*file, maps);
 }
 
 void Backing::forget_unmapped(std::span<const Vma> maps) {
@@ -458,13 +434,12 @@ void Backing::forget_unmapped(std::span<const Vma> maps) {
     }
 }
 
-void Backing::take_back(const File &file, std::span<const Vma> maps,
-                        std::span<const std::uintptr_t> unprotectable) {
+void Backing::take_back(const File &file, std::span<const Vma> maps) {
     for (const Vma &vma : maps) {
         if (file_of(vma) != &file) continue;
         if (!vma.readable)  // nobody can touch it: make it readable for the copy
             ::mprotect(reinterpret_cast<void *>(vma.start), vma.end - vma.start, PROT_READ);
-        convert(-1, 0, vma, vma.start, vma.end, unprotectable, file.fd.get());
+        convert(-1, 0, vma, vma.start, vma.end, file.fd.get());
     }
     // What a kept descriptor still maps is now nobody's memory: free it.
     ::fallocate(file.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,

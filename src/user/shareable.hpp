@@ -71,11 +71,10 @@ class Backing {
 
     // Converts [start, end) of `vma` in place into `segment`'s file for memory of that
     // protection, and returns the file. `vma` is private memory, or a mapping of another
-    // segment's file that was never handed out (the range then leaves that file). `ours`
-    // are the library's own mappings, never converted; `unprotectable` lists, sorted, the
-    // pages that must not be write-protected (threads.hpp).
+    // segment's file that was never handed out (the range then leaves that file). The
+    // range must hold no thread descriptor (threads.hpp).
     File &make_shareable(const SegmentRange &segment, const Vma &vma, std::uintptr_t start,
-                         std::uintptr_t end, std::span<const std::uintptr_t> unprotectable);
+                         std::uintptr_t end);
 
     // A descriptor of `file` to hand out under `holder`: read-write, or reopened read-only.
     util::UniqueFd descriptor(File &file, bool writable, const Holder &holder);
@@ -83,9 +82,7 @@ class Backing {
     // Forgets the holders for which `gone` is true, and takes back every file handed out
     // that has no holder left: its memory moves into private memory of the owner, the
     // file is emptied, and whatever descriptors are still out there reach nothing of it.
-    // `known_rseq_pages` as for make_shareable().
-    void forget_holders(const std::function<bool(const Holder &)> &gone,
-                        std::span<const std::uintptr_t> known_rseq_pages);
+    void forget_holders(const std::function<bool(const Holder &)> &gone);
 
     // Closes the files the owner no longer maps anywhere in `maps`.
     void forget_unmapped(std::span<const Vma> maps);
@@ -96,8 +93,7 @@ class Backing {
 
   private:
     File &file_for(const SegmentRange &segment, bool writable_memory);
-    void take_back(const File &file, std::span<const Vma> maps,
-                   std::span<const std::uintptr_t> unprotectable);
+    void take_back(const File &file, std::span<const Vma> maps);
 
     std::map<ino_t, File> files_;  // all memfds live on one device
 };

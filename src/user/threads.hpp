@@ -1,9 +1,14 @@
-// Pages where the kernel writes on a thread's behalf when it returns to user space: the
-// rseq area glibc registers for every thread, which lives in the thread's TLS block.
+// Pages where the kernel writes on a thread's behalf: the thread descriptor glibc keeps at
+// the top of every thread's stack, with the rseq area the kernel updates whenever the
+// thread returns to user space, and the tid the kernel clears when the thread exits
+// (CLONE_CHILD_CLEARTID, which pthread_join waits for).
 //
-// An unprivileged process must use UFFD_USER_MODE_ONLY; a kernel write into a page it
-// write-protects then fails, and for rseq the kernel kills the process. Conversion
-// therefore copies these pages without write-protection (shareable.cpp).
+// Such a write into a page that userfaultfd write-protects fails: always for an exiting
+// thread (pthread_join then waits forever), and for every kernel write where an
+// unprivileged process must use UFFD_USER_MODE_ONLY (for rseq the kernel then kills the
+// process). Copied without protection, the page loses a write made during the copy (the
+// tid cleared by an exiting thread: the same hang). So these pages are never converted:
+// they are holes in attachments.
 #pragma once
 
 #include <cstdint>
@@ -14,14 +19,15 @@
 
 namespace xpmem::user {
 
-// The calling thread's rseq page, or 0 when glibc registered no rseq area.
-std::uintptr_t current_rseq_page() noexcept;
+// The calling thread's thread pointer (its descriptor's address).
+std::uintptr_t current_thread_pointer() noexcept;
 
-// The rseq pages of the threads in `known` (thread-pointer pages of threads that called
-// the library, and the main thread's) and, because other threads are not known, of every
-// thread descriptor found at the top of a glibc thread stack (an anonymous writable
-// mapping right above a PROT_NONE guard). Sorted, unique.
-std::vector<std::uintptr_t> rseq_pages(std::span<const std::uintptr_t> known,
-                                       std::span<const Vma> maps);
+// The descriptor pages (from the thread pointer to its tid and rseq area) of the threads
+// in `known` (thread pointers of threads that called the library, and the main thread's)
+// and, because other threads are not known, of every thread descriptor found at the top
+// of a glibc thread stack (a writable mapping right above a PROT_NONE guard).
+// Sorted, unique.
+std::vector<std::uintptr_t> descriptor_pages(std::span<const std::uintptr_t> known,
+                                             std::span<const Vma> maps);
 
 }  // namespace xpmem::user

@@ -83,7 +83,7 @@ constexpr std::uint32_t kMaxKeyDraws = 64;
 
 // Taken when the library is loaded, by the thread that loads it: the main thread, for a
 // program linked with -lxpmem.
-const std::uintptr_t loading_thread_rseq_page = current_rseq_page();
+const std::uintptr_t loading_thread_pointer = current_thread_pointer();
 
 struct SegmentRecord {
     std::uintptr_t start;
@@ -167,7 +167,7 @@ class UserBackend final : public Backend {
     void build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                       std::uintptr_t start, std::uintptr_t end, bool read_only,
                       const PeerCredentials &peer, std::span<const Interval> ours,
-                      std::span<const std::uintptr_t> known_rseq_pages,
+                      std::span<const std::uintptr_t> known_threads,
                       protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
 
     // attacher side
@@ -180,11 +180,7 @@ class UserBackend final : public Backend {
     void revoke_locked(xpmem_segid_t segid);
     void map_sigbus(std::uintptr_t start, std::size_t size, int prot);
     std::vector<Interval> library_intervals_locked() const;
-    void note_caller_locked() { known_rseq_pages_.insert(current_rseq_page()); }
-    std::vector<std::uintptr_t> known_rseq_pages() {
-        std::lock_guard lock(mutex_);
-        return {known_rseq_pages_.begin(), known_rseq_pages_.end()};
-    }
+    void note_caller_locked() { known_threads_.insert(current_thread_pointer()); }
 
     const pid_t pid_;
     const std::uint64_t start_;  // our start time, carried in our segids
@@ -215,7 +211,7 @@ class UserBackend final : public Backend {
     std::uint64_t work_queued_ = 0, work_done_ = 0;
     std::condition_variable work_finished_;
     Backing backing_;  // used by the service thread only (and the fork child)
-    std::set<std::uintptr_t> known_rseq_pages_{loading_thread_rseq_page};  // callers' threads
+    std::set<std::uintptr_t> known_threads_{loading_thread_pointer};  // callers' thread pointers
 };
 
 std::uint32_t random_number() {
@@ -386,8 +382,7 @@ void UserBackend::remove(xpmem_segid_t segid) {
     // before it returns: a peer that kept descriptors reaches none of it any more.
     on_service([&] {
         backing_.forget_holders(
-            [&](const Backing::Holder &holder) { return revoked_grants.count(holder) != 0; },
-            known_rseq_pages());
+            [&](const Backing::Holder &holder) { return revoked_grants.count(holder) != 0; });
     });
     // Tell every attacher's service at once and wait at most kRevokeTimeout for them all.
     // Best effort: an attacher that is gone has nothing left to revoke; one that does not
@@ -774,8 +769,7 @@ void UserBackend::close_session(std::uint64_t tag) {
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.get(), nullptr);
         sessions_.erase(it);  // and with it every grant the peer held
     }
-    backing_.forget_holders([&](const Backing::Holder &holder) { return holder.first == tag; },
-                            known_rseq_pages());
+    backing_.forget_holders([&](const Backing::Holder &holder) { return holder.first == tag; });
 }
 
 void UserBackend::on_service(std::function<void()> work) {
@@ -856,8 +850,7 @@ void UserBackend::serve_session(std::uint64_t tag) {
         backing_.forget_holders(
             [&](const Backing::Holder &holder) {
                 return holder == Backing::Holder{tag, release.permit};
-            },
-            known_rseq_pages());
+            });
     } else if (parse(revoke)) {
         handle_revoke(*session, revoke);
     } else {
@@ -897,7 +890,7 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     std::uintptr_t start = 0, end = 0;
     bool read_only = true;
     std::vector<Interval> ours;
-    std::vector<std::uintptr_t> known_rseq_pages;
+    std::vector<std::uintptr_t> known_threads;
     {
         std::lock_guard lock(mutex_);
         auto grant = session.grants.find(request.permit);
@@ -915,13 +908,13 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
             end = start + request.size;
             read_only = grant->second.flags == XPMEM_RDONLY;
             ours = library_intervals_locked();
-            known_rseq_pages.assign(known_rseq_pages_.begin(), known_rseq_pages_.end());
+            known_threads.assign(known_threads_.begin(), known_threads_.end());
         }
     }
     if (reply.error == 0) {
         try {
             build_pieces(segment_range, {session.tag, request.permit}, start, end, read_only,
-                         session.peer, ours, known_rseq_pages, reply, fds);
+                         session.peer, ours, known_threads, reply, fds);
         } catch (const std::system_error &error) {
             reply.error = error.code().value();
             reply.piece_count = 0;
@@ -969,10 +962,16 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
                                std::uintptr_t start, std::uintptr_t end, bool read_only,
                                const PeerCredentials &peer,
                                std::span<const Interval> ours,
-                               std::span<const std::uintptr_t> known_rseq_pages,
+                               std::span<const std::uintptr_t> known_threads,
                                protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
-    std::vector<std::uintptr_t> unprotectable = rseq_pages(known_rseq_pages, maps);
+    // Holes: the library's own mappings, which are not the application's memory, and the
+    // pages of thread descriptors, where the kernel writes behind our back (threads.hpp).
+    std::vector<Interval> holes(ours.begin(), ours.end());
+    for (std::uintptr_t page : descriptor_pages(known_threads, maps))
+        holes.push_back({page, page + util::kPageSize});
+    std::sort(holes.begin(), holes.end(),
+              [](const Interval &a, const Interval &b) { return a.start < b.start; });
     backing_.forget_unmapped(maps);
     std::map<std::pair<const Backing::File *, bool>, int> file_index;
     std::size_t converted = 0;
@@ -1025,14 +1024,14 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
             continue;
         }
         std::uintptr_t piece_end = std::min<std::uintptr_t>(vma->end, end);
-        auto own = std::find_if(ours.begin(), ours.end(), [&](const Interval &i) {
+        auto excluded = std::find_if(holes.begin(), holes.end(), [&](const Interval &i) {
             return cursor < i.end && i.start < piece_end;
         });
-        if (own != ours.end()) {
-            if (own->start > cursor) {
-                piece_end = own->start;
-            } else {  // the library's own mappings are not the application's memory
-                piece_end = std::min(piece_end, own->end);
+        if (excluded != holes.end()) {
+            if (excluded->start > cursor) {
+                piece_end = excluded->start;
+            } else {
+                piece_end = std::min(piece_end, excluded->end);
                 hole(piece_end - cursor);
                 cursor = piece_end;
                 continue;
@@ -1083,7 +1082,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
                 }))
                 throw_errno(EBUSY, "memory pinned by io_uring");
             Backing::File &target =
-                backing_.make_shareable(segment, *vma, cursor, piece_end, unprotectable);
+                backing_.make_shareable(segment, *vma, cursor, piece_end);
             converted += length;
             file_piece(target, length, cursor - segment.start,
                        !read_only && target.writable_memory);
