@@ -185,14 +185,18 @@ void copy_file_data(int fd, std::uint64_t file_offset, std::uintptr_t start, std
                     std::byte *to) {
     auto from = static_cast<off_t>(file_offset);
     auto limit = static_cast<off_t>(file_offset + length);
+    constexpr auto kPage = static_cast<off_t>(kPageSize);
     while (from < limit) {
         off_t data = ::lseek(fd, from, SEEK_DATA);
         if (data < 0 || data >= limit) break;
-        off_t hole = std::min(::lseek(fd, data, SEEK_HOLE), limit);
+        // The run ends at the first page without data. Not SEEK_HOLE: in a file full of
+        // data it scans to the end of the file, every step of a conversion again.
+        off_t end = data + kPage;
+        while (end < limit && ::lseek(fd, end, SEEK_DATA) == end) end += kPage;
         auto skip = static_cast<std::size_t>(data - static_cast<off_t>(file_offset));
         util::copy_pages_unchecked(to + skip, reinterpret_cast<const void *>(start + skip),
-                                   static_cast<std::size_t>(hole - data));
-        from = hole;
+                                   static_cast<std::size_t>(end - data));
+        from = end;
     }
 }
 
