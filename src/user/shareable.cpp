@@ -360,9 +360,20 @@ Backing::File *Backing::file_of(const Vma &vma) {
     return &it->second;
 }
 
-Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memory) {
+Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memory,
+                                 std::uint64_t offset, std::uint64_t length,
+                                 std::span<const Vma> maps) {
+    // A file whose offsets there the owner maps nowhere (memory it moved keeps them).
+    auto offsets_free = [&](const File &file) {
+        return std::none_of(maps.begin(), maps.end(), [&](const Vma &vma) {
+            return file_of(vma) == &file && vma.offset < offset + length &&
+                   offset < vma.offset + (vma.end - vma.start);
+        });
+    };
     for (auto &[inode, file] : files_)
-        if (file.segid == segment.segid && file.writable_memory == writable_memory) return file;
+        if (file.segid == segment.segid && file.writable_memory == writable_memory &&
+            offsets_free(file))
+            return file;
     UniqueFd fd(static_cast<int>(::memfd_create(writable_memory ? "xpmem-segment-rw"
                                                                  : "xpmem-segment-ro",
                                                 MFD_CLOEXEC | MFD_ALLOW_SEALING)));
@@ -381,10 +392,11 @@ Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memo
 }
 
 Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &vma,
-                                       std::uintptr_t start, std::uintptr_t end) {
+                                       std::uintptr_t start, std::uintptr_t end,
+                                       std::span<const Vma> maps) {
     File *source = file_of(vma);
-    File &target = file_for(segment, vma.writable);
     std::uint64_t offset = start - segment.start;
+    File &target = file_for(segment, vma.writable, offset, end - start, maps);
     // Stale data from an earlier conversion at these offsets must not show through.
     if (::fallocate(target.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     static_cast<off_t>(offset), static_cast<off_t>(end - start)) < 0)

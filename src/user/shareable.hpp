@@ -4,10 +4,11 @@
 // Converted memory lives in memfds that belong to one segment each: a segment's memory at
 // address A is a MAP_SHARED mapping of its file at offset A - segment start, and the file
 // is exactly as large as the segment (sealed). Memory the owner can write and memory it
-// cannot live in different files. A file is handed out under a grant for its own
-// segment, or for a segment that contains it. So a descriptor reaches memory of the
-// segments it was handed out for and nothing else, and a descriptor of read-only memory
-// never writes it. The files are mode 0400: a read-only descriptor cannot be reopened for writing
+// cannot live in different files, and memory the owner moved (mremap) keeps its file
+// offsets: new memory at its old address goes into another file of the segment. A file
+// is handed out only under grants for its own segment. So a descriptor reaches memory of
+// the segment it was handed out for and nothing else, and a descriptor of read-only
+// memory never writes it. The files are mode 0400: a read-only descriptor cannot be reopened for writing
 // through /proc by anyone but root (or the owner's uid, which can chmod it back).
 //
 // Conversion fills the file with the same bytes, without losing a store made meanwhile:
@@ -72,9 +73,9 @@ class Backing {
     // Converts [start, end) of `vma` in place into `segment`'s file for memory of that
     // protection, and returns the file. `vma` is private memory, or a mapping of another
     // segment's file that was never handed out (the range then leaves that file). The
-    // range must hold no thread descriptor (threads.hpp).
+    // range must hold no thread descriptor (threads.hpp). `maps` is the address space.
     File &make_shareable(const SegmentRange &segment, const Vma &vma, std::uintptr_t start,
-                         std::uintptr_t end);
+                         std::uintptr_t end, std::span<const Vma> maps);
 
     // A descriptor of `file` to hand out under `holder`: read-write, or reopened read-only.
     util::UniqueFd descriptor(File &file, bool writable, const Holder &holder);
@@ -92,7 +93,8 @@ class Backing {
     void make_private_after_fork() noexcept;
 
   private:
-    File &file_for(const SegmentRange &segment, bool writable_memory);
+    File &file_for(const SegmentRange &segment, bool writable_memory, std::uint64_t offset,
+                   std::uint64_t length, std::span<const Vma> maps);
     void take_back(const File &file, std::span<const Vma> maps);
 
     std::map<ino_t, File> files_;  // all memfds live on one device

@@ -1040,18 +1040,22 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
         std::uint64_t length = piece_end - cursor;
         std::uint64_t vma_offset = vma->offset + (cursor - vma->start);
         Backing::File *file = backing_.file_of(*vma);
+        // Read-only file pages nobody wrote to (text, rodata) are the file's own pages.
+        bool unmodified_file = file == nullptr && !vma->shared && !vma->writable &&
+                               vma->file_backed() && !Pagemap().any_anonymous(cursor, piece_end);
         if (vma->special() || !vma->readable) {
             hole(length);
-        } else if (file != nullptr && within_segment(file->start, file->size)) {
-            // Converted before, for this segment or one inside it: all the file can reach.
+        } else if (file != nullptr && file->segid == segment.segid) {
+            // Converted before for this segment. A file goes out only under grants of its
+            // own segment: its revocation must reach every descriptor of it.
             file_piece(*file, length, vma_offset, !read_only && owner_writes_all_of(*file));
         } else if (file != nullptr && file->handed_out) {
             // Another segment's memory, already shared under that segment: it cannot move
-            // without its attachers losing sight of it (README, security model).
+            // without its attachers losing sight of it (README, limits).
             hole(length);
-        } else if (vma->shared && file == nullptr) {
-            // Shared objects go as they are, if all of the object lies in the segment.
-            bool writable = vma->writable && !read_only;
+        } else if (file == nullptr && (vma->shared || unmodified_file)) {
+            // Objects go as they are, if all of the object lies in the segment.
+            bool writable = vma->shared && vma->writable && !read_only;
             UniqueFd fd = open_mapped_object(*vma, writable);
             if (!fd && writable) {
                 writable = false;
@@ -1082,7 +1086,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
                 }))
                 throw_errno(EBUSY, "memory pinned by io_uring");
             Backing::File &target =
-                backing_.make_shareable(segment, *vma, cursor, piece_end);
+                backing_.make_shareable(segment, *vma, cursor, piece_end, maps);
             converted += length;
             file_piece(target, length, cursor - segment.start,
                        !read_only && target.writable_memory);
