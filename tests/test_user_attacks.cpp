@@ -1867,6 +1867,204 @@ TEST_P(UserAttacks, KeptDescriptorDoesNotWriteAPageMadeReadOnlyLater) {
     xt::expect_all_ok({&attacker, &victim});
 }
 
+// ---- review of the per-segment files (branch review) ---------------------------------
+
+// Maps piece `index` of `reply` from `fds`, with `prot`; null when it is a hole or fails.
+char *map_piece(const wire::AttachReply &reply, const std::vector<int> &fds, std::uint32_t index,
+                int prot) {
+    if (index >= reply.piece_count || reply.pieces[index].fd_index < 0) return nullptr;
+    const wire::Piece &piece = reply.pieces[index];
+    void *at = mmap(nullptr, piece.length, prot, MAP_SHARED, fds[piece.fd_index],
+                    static_cast<off_t>(piece.file_offset));
+    return at == MAP_FAILED ? nullptr : static_cast<char *>(at);
+}
+
+struct NestedInfo {
+    pid_t pid;
+    xpmem_segid_t big;    // the whole region
+    xpmem_segid_t small;  // one page inside it, 0666
+};
+
+// The victim publishes its region read-only to everyone (0644) and one page of it
+// read-write (0666). The attacker attaches the small segment read-write (its file is
+// made), then the big one read-only (the small segment's file lies inside the big one:
+// it is handed out again, under the big grant). The victim removes the small segment:
+// the attacker's right to write that page is gone, only reading is left. The attacker's
+// read-write descriptor of the small segment's file must not write the victim's page.
+TEST_P(UserAttacks, RemovedSegmentIsNotWritableThroughAContainingReadOnlyGrant) {
+    REQUIRE_ROOT("the attacker must be another uid than the victim (0644 vs 0666)");
+    OPEN_HOLE(
+        "xpmem_remove of a 0666 segment does not take back its file while the same attacker "
+        "holds a read-only grant of a 0644 segment containing it: the file was handed out under "
+        "both grants, only the removed one is forgotten, so the attacker's kept O_RDWR "
+        "descriptor keeps writing the victim's page after the remove");
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *region = anon(4);
+        std::strcpy(region + kPage, "SMALL");
+        NestedInfo info{getpid(), xpmem_make(region, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0644),
+                        xpmem_make(region + kPage, kPage, XPMEM_PERMIT_MODE, (void *)0666)};
+        CHILD_CHECK(info.big > 0 && info.small > 0);
+        channel.send_a(info);
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        CHILD_CHECK(xpmem_remove(info.small) == 0);
+        std::strcpy(region + kPage, "AFTER-REMOVE");
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);
+        if (std::strcmp(region + kPage, "AFTER-REMOVE") != 0)
+            xt::fail(__FILE__, __LINE__,
+                     std::string("after xpmem_remove of the 0666 segment, the attacker (read-only "
+                                 "on what is left) wrote the victim's page: ") +
+                         (region + kPage));
+    });
+    auto info = channel.receive_b<NestedInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto small = ask<wire::GetReply>(fd, wire::Get{.segid = info.small, .flags = XPMEM_RDWR});
+        auto big = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(small.error == 0 && big.error == 0);
+        std::vector<int> small_fds, big_fds;
+        auto first = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = small.permit, .offset = 0, .size = kPage}, &small_fds);
+        CHILD_CHECK(first.error == 0);
+        char *mine = map_piece(first, small_fds, 0, PROT_READ | PROT_WRITE);
+        CHILD_CHECK(mine != nullptr && std::strcmp(mine, "SMALL") == 0);
+        auto second = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = big.permit, .offset = 0, .size = 4 * kPage}, &big_fds);
+        CHILD_CHECK(second.error == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        kernel_write(mine, "PWNED-AFTER-REMOVE");
+        channel.send_b(3);
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
+// The victim shares a page with everyone (0666) and its whole region with its own partner
+// only (0600). The attacker attaches the public page first; the partner then attaches the
+// whole region, which hands out the public page's file again under the partner's grant.
+// The victim removes the public segment and writes a secret into that page: the attacker,
+// who has no right to anything left, must not read it through the descriptor it kept.
+TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegment) {
+    REQUIRE_ROOT("the attacker must be another uid than the victim (0600)");
+    OPEN_HOLE(
+        "xpmem_remove does not cut an attacker off while the victim's partner holds a grant of a "
+        "0600 segment containing the removed 0666 one: the removed segment's file was handed out "
+        "under the partner's grant too, so it is not taken back, and the attacker's kept "
+        "descriptor reads (and writes) the victim's live page after the remove");
+    xt::Channel channel, partner_steps;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *region = anon(4);
+        std::strcpy(region + kPage, "PUBLIC");
+        NestedInfo info{getpid(), xpmem_make(region, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0600),
+                        xpmem_make(region + kPage, kPage, XPMEM_PERMIT_MODE, (void *)0666)};
+        CHILD_CHECK(info.big > 0 && info.small > 0);
+        channel.send_a(info);
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // the attacker attached the page
+        xt::Process partner([&] {
+            xpmem_apid_t apid = xpmem_get(info.big, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+            CHILD_CHECK(apid > 0);
+            auto *view = static_cast<char *>(xpmem_attach(xpmem_addr{apid, 0}, 4 * kPage, nullptr));
+            CHILD_CHECK(view != reinterpret_cast<void *>(-1));
+            CHILD_CHECK(std::strcmp(view + kPage, "PUBLIC") == 0);
+            partner_steps.send_b(1);
+            partner_steps.receive_b<int>();  // keeps its attachment until the end
+        });
+        CHILD_CHECK(partner_steps.receive_a<int>() == 1);
+        CHILD_CHECK(xpmem_remove(info.small) == 0);
+        std::strcpy(region + kPage, "SECRET-AFTER-REMOVE");
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);
+        partner_steps.send_a(0);
+        CHILD_CHECK(partner.wait().exited_ok());
+    });
+    auto info = channel.receive_b<NestedInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.small, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(grant.error == 0);
+        std::vector<int> fds;
+        auto reply = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kPage}, &fds);
+        CHILD_CHECK(reply.error == 0);
+        char *mine = map_piece(reply, fds, 0, PROT_READ);
+        CHILD_CHECK(mine != nullptr && std::strcmp(mine, "PUBLIC") == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        Findings findings;
+        findings.check(!page_contains(mine, "SECRET-AFTER-REMOVE"),
+                       "after xpmem_remove, the kept mapping reads the victim's live page: " +
+                           std::string(mine));
+        char *fresh = map_piece(reply, fds, 0, PROT_READ);
+        findings.check(fresh == nullptr || !page_contains(fresh, "SECRET-AFTER-REMOVE"),
+                       "after xpmem_remove, the kept descriptor maps the victim's live page");
+        channel.send_b(3);
+        REPORT(findings);
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
+// The victim moves memory it had shared (mremap, as realloc does for large blocks) and
+// maps fresh memory where it was. The segment's file still holds the moved memory. An
+// attacher that attaches the segment again makes the victim convert the fresh memory into
+// that same file at the same offsets: the moved memory must not be punched nor aliased.
+TEST_P(UserAttacks, AttachAfterTheOwnerMovedItsMemoryDoesNotCorruptTheMovedMemory) {
+    OPEN_HOLE(
+        "after the victim mremaps converted memory elsewhere and maps fresh memory at the "
+        "segment's range, a read-only attacher attaching the segment again makes the victim "
+        "punch the segment file (zeroing the moved memory) and convert the fresh memory into "
+        "the same file pages: the victim's two buffers become one (its own stores to one show "
+        "in the other)");
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *memory = anon(4);
+        std::strcpy(memory, "MOVED-BUFFER");
+        xpmem_segid_t segid = xpmem_make(memory, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0644);
+        channel.send_a(VictimInfo{getpid(), segid});
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // attached once: converted
+        auto *elsewhere = static_cast<char *>(
+            mmap(nullptr, 4 * kPage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        CHILD_CHECK(mremap(memory, 4 * kPage, 4 * kPage, MREMAP_MAYMOVE | MREMAP_FIXED,
+                           elsewhere) == elsewhere);
+        CHILD_CHECK(mmap(memory, 4 * kPage, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == memory);
+        std::strcpy(memory, "FRESH-BUFFER");
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);  // attached again
+        Findings findings;
+        findings.check(std::strcmp(elsewhere, "MOVED-BUFFER") == 0,
+                       "the victim's moved buffer now reads \"" + std::string(elsewhere) + "\"");
+        std::strcpy(memory, "STORE-TO-FRESH");
+        findings.check(std::strcmp(elsewhere, "STORE-TO-FRESH") != 0,
+                       "a store to the victim's fresh buffer shows in its moved buffer");
+        REPORT(findings);
+    });
+    auto info = channel.receive_b<VictimInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(grant.error == 0);
+        std::vector<int> fds;
+        auto reply = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 4 * kPage}, &fds);
+        CHILD_CHECK(reply.error == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        std::vector<int> again;
+        reply = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 4 * kPage}, &again);
+        CHILD_CHECK(reply.error == 0);
+        channel.send_b(3);
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
 INSTANTIATE_BACKENDS(UserAttacks);
 
 }  // namespace
