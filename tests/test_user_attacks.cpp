@@ -2065,6 +2065,182 @@ TEST_P(UserAttacks, AttachAfterTheOwnerMovedItsMemoryDoesNotCorruptTheMovedMemor
     xt::expect_all_ok({&attacker, &victim});
 }
 
+// RssAnon + RssShmem of the calling process, in KiB.
+long private_and_shmem_kb() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    long total = 0;
+    while (std::getline(status, line))
+        if (line.rfind("RssAnon:", 0) == 0 || line.rfind("RssShmem:", 0) == 0)
+            total += std::stol(line.substr(line.find(':') + 1));
+    return total;
+}
+
+// The victim maps a large sparse file read-only and privately (a database or model file)
+// and publishes it read-only. Attaching it should cost the victim nothing: the file's
+// pages are not the victim's memory. A read-only attacker that attaches it and releases
+// must not turn the file into the victim's resident memory.
+TEST_P(UserAttacks, AttachingAReadOnlyFileMappingCostsTheVictimNoMemory) {
+    OPEN_HOLE(
+        "a private read-only file mapping is converted like private memory: every page of the "
+        "file (holes too) is copied into the victim's memfd on attach, and on release copied "
+        "again into private anonymous memory that stays; a 128 MiB sparse file the victim never "
+        "touched becomes 128 MiB of its resident memory, a larger one exhausts it");
+    constexpr std::size_t kSize = 128 << 20;
+    TempDir dir(0777);
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        std::string path = dir.path + "/model.bin";
+        int file = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        CHILD_CHECK(file >= 0 && ftruncate(file, kSize) == 0);
+        void *mapped = mmap(nullptr, kSize, PROT_READ, MAP_PRIVATE, file, 0);
+        CHILD_CHECK(mapped != MAP_FAILED);
+        close(file);
+        xpmem_segid_t segid = xpmem_make(mapped, kSize, XPMEM_PERMIT_MODE, (void *)0644);
+        long before = private_and_shmem_kb();
+        channel.send_a(VictimInfo{getpid(), segid});
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        long after = private_and_shmem_kb();
+        std::printf("victim: RssAnon+RssShmem %ld KiB before, %ld KiB after attach+release\n",
+                    before, after);
+        std::fflush(stdout);
+        if (after - before > 16 * 1024)
+            xt::fail(__FILE__, __LINE__,
+                     "an attacher's attach and release of a read-only file mapping the victim "
+                     "never touched grew its memory by " +
+                         std::to_string((after - before) / 1024) + " MiB");
+    });
+    auto info = channel.receive_b<VictimInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(grant.error == 0);
+        auto start = Clock::now();
+        for (std::size_t done = 0; done < kSize;) {
+            std::vector<int> fds;
+            auto reply = ask<wire::AttachReply>(
+                fd, wire::Attach{.permit = grant.permit, .offset = done, .size = kSize - done},
+                &fds);
+            CHILD_CHECK(reply.error == 0 && reply.piece_count > 0);
+            for (std::uint32_t i = 0; i < reply.piece_count; ++i) done += reply.pieces[i].length;
+            for (int received : fds) close(received);
+        }
+        double attached = seconds_since(start);
+        send_raw(fd, wire::Release{.permit = grant.permit});
+        ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        std::printf("attacker: attach of 128 MiB took %.3f s, release %.3f s\n", attached,
+                    seconds_since(start) - attached);
+        std::fflush(stdout);
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
+// An attacker with a read-only grant of a large segment attaches it and releases it in a
+// loop: every attach converts the memory, every release takes it back, both on the
+// victim's single service thread. Measures how long each cycle keeps the service busy and
+// what another attacher of a one-page segment waits meanwhile.
+TEST_P(UserAttacks, AttachReleaseLoopOnALargeSegmentStallsOtherAttachers) {
+    OPEN_HOLE(
+        "an attach/release loop on a 256 MiB segment keeps the victim's service thread copying "
+        "256 MiB each way per cycle (measured: attach 0.2-0.5 s, release 0.4-0.9 s per cycle on "
+        "this busy 2-core host); another attacher's GET+ATTACH of a one-page segment waits behind "
+        "them (worst 0.9-2.0 s measured), and the victim's own stores stall up to 9-40 ms");
+    constexpr std::size_t kSize = 256 << 20;
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *memory = anon(kSize / kPage);
+        for (std::size_t i = 0; i < kSize; i += kPage) memory[i] = 1;
+        char *other = anon(1);
+        std::strcpy(other, "OTHER");
+        xpmem_segid_t segid = xpmem_make(memory, kSize, XPMEM_PERMIT_MODE, (void *)0644);
+        xpmem_segid_t small = xpmem_make(other, kPage, XPMEM_PERMIT_MODE, (void *)0644);
+        channel.send_a(NestedInfo{getpid(), segid, small});
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        // The victim's own stores during the attack: the longest one.
+        std::atomic<bool> done{false};
+        double worst_store = 0;
+        std::thread writer([&] {
+            std::size_t i = 0;
+            while (!done.load()) {
+                auto start = Clock::now();
+                memory[(i += 97 * kPage) % kSize] = 2;
+                worst_store = std::max(worst_store, seconds_since(start));
+            }
+        });
+        CHILD_CHECK(channel.receive_a<int>() == 2);
+        done = true;
+        writer.join();
+        std::printf("victim: longest store into its own memory during the loop: %.3f s\n",
+                    worst_store);
+        std::fflush(stdout);
+    });
+    auto info = channel.receive_b<NestedInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(grant.error == 0);
+        std::atomic<bool> looping{true};
+        double worst_other = 0;
+        int other_requests = 0;
+        std::thread other([&] {
+            int mine = raw_connect(info.pid);
+            while (looping.load()) {
+                auto start = Clock::now();
+                auto g =
+                    ask<wire::GetReply>(mine, wire::Get{.segid = info.small, .flags = XPMEM_RDONLY});
+                std::vector<int> fds;
+                ask<wire::AttachReply>(mine, wire::Attach{.permit = g.permit, .offset = 0, .size = kPage},
+                                       &fds);
+                for (int received : fds) close(received);
+                send_raw(mine, wire::Release{.permit = g.permit});
+                worst_other = std::max(worst_other, seconds_since(start));
+                ++other_requests;
+                std::this_thread::sleep_for(5ms);
+            }
+            close(mine);
+        });
+        channel.send_b(1);
+        long ticks_before = cpu_ticks(info.pid);
+        auto start = Clock::now();
+        constexpr int kCycles = 4;
+        for (int cycle = 0; cycle < kCycles; ++cycle) {
+            auto t0 = Clock::now();
+            std::vector<int> fds;
+            auto reply = ask<wire::AttachReply>(
+                fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kSize}, &fds);
+            CHILD_CHECK(reply.error == 0);
+            for (int received : fds) close(received);
+            double attach = seconds_since(t0);
+            send_raw(fd, wire::Release{.permit = grant.permit});
+            grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+            CHILD_CHECK(grant.error == 0);
+            std::printf("attacker: cycle %d: attach %.3f s, release (+GET) %.3f s\n", cycle, attach,
+                        seconds_since(t0) - attach);
+        std::fflush(stdout);
+        }
+        double total = seconds_since(start);
+        long ticks = cpu_ticks(info.pid) - ticks_before;
+        looping = false;
+        other.join();
+        std::printf("attacker: %d cycles in %.2f s, victim CPU %.2f s; other attacher: %d "
+                    "requests, worst %.3f s\n",
+                    kCycles, total, static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK)), other_requests,
+                    worst_other);
+        std::fflush(stdout);
+        channel.send_b(2);
+        if (worst_other > 0.1)
+            xt::fail(__FILE__, __LINE__,
+                     "another attacher's GET+ATTACH of a one-page segment waited " +
+                         std::to_string(worst_other) + " s behind the loop");
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
 INSTANTIATE_BACKENDS(UserAttacks);
 
 }  // namespace
