@@ -2241,6 +2241,53 @@ TEST_P(UserAttacks, AttachReleaseLoopOnALargeSegmentStallsOtherAttachers) {
     xt::expect_all_ok({&attacker, &victim});
 }
 
+// The victim publishes its region read-only to everyone (0644) and one page of it
+// read-write to its partners (0666). The attacker attaches the big segment first: the
+// whole region moves into the big segment's file, handed out. A partner attaching the
+// small segment afterwards must still reach the page.
+TEST_P(UserAttacks, AttachingAContainingSegmentFirstDoesNotBlindOtherAttachers) {
+    REQUIRE_ROOT("attacker and partner of other uids than the victim");
+    OPEN_HOLE(
+        "an attacker that attaches a read-only 0644 segment first moves all its memory into that "
+        "segment's file; every segment inside it is then attached as a hole by everyone else: "
+        "the partner's xpmem_attach of the 0666 page succeeds and touching it is SIGBUS");
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *region = anon(4);
+        std::strcpy(region + kPage, "FOR-PARTNER");
+        channel.send_a(NestedInfo{getpid(),
+                                  xpmem_make(region, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0644),
+                                  xpmem_make(region + kPage, kPage, XPMEM_PERMIT_MODE, (void *)0666)});
+        channel.receive_a<int>();
+    });
+    auto info = channel.receive_b<NestedInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto big = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+        std::vector<int> fds;
+        auto reply = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = big.permit, .offset = 0, .size = 4 * kPage}, &fds);
+        CHILD_CHECK(big.error == 0 && reply.error == 0);
+        xt::Process partner([&] {
+            be(kPartnerUid);
+            xpmem_apid_t apid = xpmem_get(info.small, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+            CHILD_CHECK(apid > 0);
+            auto *view = static_cast<char *>(xpmem_attach(xpmem_addr{apid, 0}, kPage, nullptr));
+            CHILD_CHECK(view != reinterpret_cast<void *>(-1));
+            if (!page_contains(view, "FOR-PARTNER"))
+                xt::fail(__FILE__, __LINE__,
+                         "the partner's attachment of the 0666 page is a hole (SIGBUS) after the "
+                         "attacker attached the 0644 segment containing it");
+        });
+        CHILD_CHECK(partner.wait().exited_ok());
+    });
+    EXPECT_CHILD_OK(attacker);
+    channel.send_b(1);
+    EXPECT_CHILD_OK(victim);
+}
+
 INSTANTIATE_BACKENDS(UserAttacks);
 
 }  // namespace
