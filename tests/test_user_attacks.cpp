@@ -1867,6 +1867,427 @@ TEST_P(UserAttacks, KeptDescriptorDoesNotWriteAPageMadeReadOnlyLater) {
     xt::expect_all_ok({&attacker, &victim});
 }
 
+// ---- review of the per-segment files (branch review) ---------------------------------
+
+// Maps piece `index` of `reply` from `fds`, with `prot`; null when it is a hole or fails.
+char *map_piece(const wire::AttachReply &reply, const std::vector<int> &fds, std::uint32_t index,
+                int prot) {
+    if (index >= reply.piece_count || reply.pieces[index].fd_index < 0) return nullptr;
+    const wire::Piece &piece = reply.pieces[index];
+    void *at = mmap(nullptr, piece.length, prot, MAP_SHARED, fds[piece.fd_index],
+                    static_cast<off_t>(piece.file_offset));
+    return at == MAP_FAILED ? nullptr : static_cast<char *>(at);
+}
+
+struct NestedInfo {
+    pid_t pid;
+    xpmem_segid_t big;    // the whole region
+    xpmem_segid_t small;  // one page inside it, 0666
+};
+
+// The victim publishes its region read-only to everyone (0644) and one page of it
+// read-write (0666). The attacker attaches the small segment read-write (its file is
+// made), then the big one read-only (the small segment's file lies inside the big one:
+// it is handed out again, under the big grant). The victim removes the small segment:
+// the attacker's right to write that page is gone, only reading is left. The attacker's
+// read-write descriptor of the small segment's file must not write the victim's page.
+TEST_P(UserAttacks, RemovedSegmentIsNotWritableThroughAContainingReadOnlyGrant) {
+    REQUIRE_ROOT("the attacker must be another uid than the victim (0644 vs 0666)");
+    OPEN_HOLE(
+        "xpmem_remove of a 0666 segment does not take back its file while the same attacker "
+        "holds a read-only grant of a 0644 segment containing it: the file was handed out under "
+        "both grants, only the removed one is forgotten, so the attacker's kept O_RDWR "
+        "descriptor keeps writing the victim's page after the remove");
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *region = anon(4);
+        std::strcpy(region + kPage, "SMALL");
+        NestedInfo info{getpid(), xpmem_make(region, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0644),
+                        xpmem_make(region + kPage, kPage, XPMEM_PERMIT_MODE, (void *)0666)};
+        CHILD_CHECK(info.big > 0 && info.small > 0);
+        channel.send_a(info);
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        CHILD_CHECK(xpmem_remove(info.small) == 0);
+        std::strcpy(region + kPage, "AFTER-REMOVE");
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);
+        if (std::strcmp(region + kPage, "AFTER-REMOVE") != 0)
+            xt::fail(__FILE__, __LINE__,
+                     std::string("after xpmem_remove of the 0666 segment, the attacker (read-only "
+                                 "on what is left) wrote the victim's page: ") +
+                         (region + kPage));
+    });
+    auto info = channel.receive_b<NestedInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto small = ask<wire::GetReply>(fd, wire::Get{.segid = info.small, .flags = XPMEM_RDWR});
+        auto big = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(small.error == 0 && big.error == 0);
+        std::vector<int> small_fds, big_fds;
+        auto first = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = small.permit, .offset = 0, .size = kPage}, &small_fds);
+        CHILD_CHECK(first.error == 0);
+        char *mine = map_piece(first, small_fds, 0, PROT_READ | PROT_WRITE);
+        CHILD_CHECK(mine != nullptr && std::strcmp(mine, "SMALL") == 0);
+        auto second = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = big.permit, .offset = 0, .size = 4 * kPage}, &big_fds);
+        CHILD_CHECK(second.error == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        kernel_write(mine, "PWNED-AFTER-REMOVE");
+        channel.send_b(3);
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
+// The victim shares a page with everyone (0666) and its whole region with its own partner
+// only (0600). The attacker attaches the public page first; the partner then attaches the
+// whole region, which hands out the public page's file again under the partner's grant.
+// The victim removes the public segment and writes a secret into that page: the attacker,
+// who has no right to anything left, must not read it through the descriptor it kept.
+TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegment) {
+    REQUIRE_ROOT("the attacker must be another uid than the victim (0600)");
+    OPEN_HOLE(
+        "xpmem_remove does not cut an attacker off while the victim's partner holds a grant of a "
+        "0600 segment containing the removed 0666 one: the removed segment's file was handed out "
+        "under the partner's grant too, so it is not taken back, and the attacker's kept "
+        "descriptor reads (and writes) the victim's live page after the remove");
+    xt::Channel channel, partner_steps;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *region = anon(4);
+        std::strcpy(region + kPage, "PUBLIC");
+        NestedInfo info{getpid(), xpmem_make(region, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0600),
+                        xpmem_make(region + kPage, kPage, XPMEM_PERMIT_MODE, (void *)0666)};
+        CHILD_CHECK(info.big > 0 && info.small > 0);
+        channel.send_a(info);
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // the attacker attached the page
+        xt::Process partner([&] {
+            xpmem_apid_t apid = xpmem_get(info.big, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+            CHILD_CHECK(apid > 0);
+            auto *view = static_cast<char *>(xpmem_attach(xpmem_addr{apid, 0}, 4 * kPage, nullptr));
+            CHILD_CHECK(view != reinterpret_cast<void *>(-1));
+            CHILD_CHECK(std::strcmp(view + kPage, "PUBLIC") == 0);
+            partner_steps.send_b(1);
+            partner_steps.receive_b<int>();  // keeps its attachment until the end
+        });
+        CHILD_CHECK(partner_steps.receive_a<int>() == 1);
+        CHILD_CHECK(xpmem_remove(info.small) == 0);
+        std::strcpy(region + kPage, "SECRET-AFTER-REMOVE");
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);
+        partner_steps.send_a(0);
+        CHILD_CHECK(partner.wait().exited_ok());
+    });
+    auto info = channel.receive_b<NestedInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.small, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(grant.error == 0);
+        std::vector<int> fds;
+        auto reply = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kPage}, &fds);
+        CHILD_CHECK(reply.error == 0);
+        char *mine = map_piece(reply, fds, 0, PROT_READ);
+        CHILD_CHECK(mine != nullptr && std::strcmp(mine, "PUBLIC") == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        Findings findings;
+        findings.check(!page_contains(mine, "SECRET-AFTER-REMOVE"),
+                       "after xpmem_remove, the kept mapping reads the victim's live page: " +
+                           std::string(mine));
+        char *fresh = map_piece(reply, fds, 0, PROT_READ);
+        findings.check(fresh == nullptr || !page_contains(fresh, "SECRET-AFTER-REMOVE"),
+                       "after xpmem_remove, the kept descriptor maps the victim's live page");
+        channel.send_b(3);
+        REPORT(findings);
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
+// The victim moves memory it had shared (mremap, as realloc does for large blocks) and
+// maps fresh memory where it was. The segment's file still holds the moved memory. An
+// attacher that attaches the segment again makes the victim convert the fresh memory into
+// that same file at the same offsets: the moved memory must not be punched nor aliased.
+TEST_P(UserAttacks, AttachAfterTheOwnerMovedItsMemoryDoesNotCorruptTheMovedMemory) {
+    OPEN_HOLE(
+        "after the victim mremaps converted memory elsewhere and maps fresh memory at the "
+        "segment's range, a read-only attacher attaching the segment again makes the victim "
+        "punch the segment file (zeroing the moved memory) and convert the fresh memory into "
+        "the same file pages: the victim's two buffers become one (its own stores to one show "
+        "in the other)");
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *memory = anon(4);
+        std::strcpy(memory, "MOVED-BUFFER");
+        xpmem_segid_t segid = xpmem_make(memory, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0644);
+        channel.send_a(VictimInfo{getpid(), segid});
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // attached once: converted
+        auto *elsewhere = static_cast<char *>(
+            mmap(nullptr, 4 * kPage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        CHILD_CHECK(mremap(memory, 4 * kPage, 4 * kPage, MREMAP_MAYMOVE | MREMAP_FIXED,
+                           elsewhere) == elsewhere);
+        CHILD_CHECK(mmap(memory, 4 * kPage, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == memory);
+        std::strcpy(memory, "FRESH-BUFFER");
+        channel.send_a(2);
+        CHILD_CHECK(channel.receive_a<int>() == 3);  // attached again
+        Findings findings;
+        findings.check(std::strcmp(elsewhere, "MOVED-BUFFER") == 0,
+                       "the victim's moved buffer now reads \"" + std::string(elsewhere) + "\"");
+        std::strcpy(memory, "STORE-TO-FRESH");
+        findings.check(std::strcmp(elsewhere, "STORE-TO-FRESH") != 0,
+                       "a store to the victim's fresh buffer shows in its moved buffer");
+        REPORT(findings);
+    });
+    auto info = channel.receive_b<VictimInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(grant.error == 0);
+        std::vector<int> fds;
+        auto reply = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 4 * kPage}, &fds);
+        CHILD_CHECK(reply.error == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+        std::vector<int> again;
+        reply = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 4 * kPage}, &again);
+        CHILD_CHECK(reply.error == 0);
+        channel.send_b(3);
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
+// RssAnon + RssShmem of the calling process, in KiB.
+long private_and_shmem_kb() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    long total = 0;
+    while (std::getline(status, line))
+        if (line.rfind("RssAnon:", 0) == 0 || line.rfind("RssShmem:", 0) == 0)
+            total += std::stol(line.substr(line.find(':') + 1));
+    return total;
+}
+
+// The victim maps a large sparse file read-only and privately (a database or model file)
+// and publishes it read-only. Attaching it should cost the victim nothing: the file's
+// pages are not the victim's memory. A read-only attacker that attaches it and releases
+// must not turn the file into the victim's resident memory.
+TEST_P(UserAttacks, AttachingAReadOnlyFileMappingCostsTheVictimNoMemory) {
+    OPEN_HOLE(
+        "a private read-only file mapping is converted like private memory: every page of the "
+        "file (holes too) is copied into the victim's memfd on attach, and on release copied "
+        "again into private anonymous memory that stays; a 128 MiB sparse file the victim never "
+        "touched becomes 128 MiB of its resident memory, a larger one exhausts it");
+    constexpr std::size_t kSize = 128 << 20;
+    TempDir dir(0777);
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        std::string path = dir.path + "/model.bin";
+        int file = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        CHILD_CHECK(file >= 0 && ftruncate(file, kSize) == 0);
+        void *mapped = mmap(nullptr, kSize, PROT_READ, MAP_PRIVATE, file, 0);
+        CHILD_CHECK(mapped != MAP_FAILED);
+        close(file);
+        xpmem_segid_t segid = xpmem_make(mapped, kSize, XPMEM_PERMIT_MODE, (void *)0644);
+        long before = private_and_shmem_kb();
+        channel.send_a(VictimInfo{getpid(), segid});
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        long after = private_and_shmem_kb();
+        std::printf("victim: RssAnon+RssShmem %ld KiB before, %ld KiB after attach+release\n",
+                    before, after);
+        std::fflush(stdout);
+        if (after - before > 16 * 1024)
+            xt::fail(__FILE__, __LINE__,
+                     "an attacher's attach and release of a read-only file mapping the victim "
+                     "never touched grew its memory by " +
+                         std::to_string((after - before) / 1024) + " MiB");
+    });
+    auto info = channel.receive_b<VictimInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(grant.error == 0);
+        auto start = Clock::now();
+        for (std::size_t done = 0; done < kSize;) {
+            std::vector<int> fds;
+            auto reply = ask<wire::AttachReply>(
+                fd, wire::Attach{.permit = grant.permit, .offset = done, .size = kSize - done},
+                &fds);
+            CHILD_CHECK(reply.error == 0 && reply.piece_count > 0);
+            for (std::uint32_t i = 0; i < reply.piece_count; ++i) done += reply.pieces[i].length;
+            for (int received : fds) close(received);
+        }
+        double attached = seconds_since(start);
+        send_raw(fd, wire::Release{.permit = grant.permit});
+        ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        std::printf("attacker: attach of 128 MiB took %.3f s, release %.3f s\n", attached,
+                    seconds_since(start) - attached);
+        std::fflush(stdout);
+        channel.send_b(1);
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
+// An attacker with a read-only grant of a large segment attaches it and releases it in a
+// loop: every attach converts the memory, every release takes it back, both on the
+// victim's single service thread. Measures how long each cycle keeps the service busy and
+// what another attacher of a one-page segment waits meanwhile.
+TEST_P(UserAttacks, AttachReleaseLoopOnALargeSegmentStallsOtherAttachers) {
+    OPEN_HOLE(
+        "an attach/release loop on a 256 MiB segment keeps the victim's service thread copying "
+        "256 MiB each way per cycle (measured: attach 0.2-0.5 s, release 0.4-0.9 s per cycle on "
+        "this busy 2-core host); another attacher's GET+ATTACH of a one-page segment waits behind "
+        "them (worst 0.9-2.0 s measured), and the victim's own stores stall up to 9-40 ms");
+    constexpr std::size_t kSize = 256 << 20;
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *memory = anon(kSize / kPage);
+        for (std::size_t i = 0; i < kSize; i += kPage) memory[i] = 1;
+        char *other = anon(1);
+        std::strcpy(other, "OTHER");
+        xpmem_segid_t segid = xpmem_make(memory, kSize, XPMEM_PERMIT_MODE, (void *)0644);
+        xpmem_segid_t small = xpmem_make(other, kPage, XPMEM_PERMIT_MODE, (void *)0644);
+        channel.send_a(NestedInfo{getpid(), segid, small});
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        // The victim's own stores during the attack: the longest one.
+        std::atomic<bool> done{false};
+        double worst_store = 0;
+        std::thread writer([&] {
+            std::size_t i = 0;
+            while (!done.load()) {
+                auto start = Clock::now();
+                memory[(i += 97 * kPage) % kSize] = 2;
+                worst_store = std::max(worst_store, seconds_since(start));
+            }
+        });
+        CHILD_CHECK(channel.receive_a<int>() == 2);
+        done = true;
+        writer.join();
+        std::printf("victim: longest store into its own memory during the loop: %.3f s\n",
+                    worst_store);
+        std::fflush(stdout);
+    });
+    auto info = channel.receive_b<NestedInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(grant.error == 0);
+        std::atomic<bool> looping{true};
+        double worst_other = 0;
+        int other_requests = 0;
+        std::thread other([&] {
+            int mine = raw_connect(info.pid);
+            while (looping.load()) {
+                auto start = Clock::now();
+                auto g =
+                    ask<wire::GetReply>(mine, wire::Get{.segid = info.small, .flags = XPMEM_RDONLY});
+                std::vector<int> fds;
+                ask<wire::AttachReply>(mine, wire::Attach{.permit = g.permit, .offset = 0, .size = kPage},
+                                       &fds);
+                for (int received : fds) close(received);
+                send_raw(mine, wire::Release{.permit = g.permit});
+                worst_other = std::max(worst_other, seconds_since(start));
+                ++other_requests;
+                std::this_thread::sleep_for(5ms);
+            }
+            close(mine);
+        });
+        channel.send_b(1);
+        long ticks_before = cpu_ticks(info.pid);
+        auto start = Clock::now();
+        constexpr int kCycles = 4;
+        for (int cycle = 0; cycle < kCycles; ++cycle) {
+            auto t0 = Clock::now();
+            std::vector<int> fds;
+            auto reply = ask<wire::AttachReply>(
+                fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kSize}, &fds);
+            CHILD_CHECK(reply.error == 0);
+            for (int received : fds) close(received);
+            double attach = seconds_since(t0);
+            send_raw(fd, wire::Release{.permit = grant.permit});
+            grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+            CHILD_CHECK(grant.error == 0);
+            std::printf("attacker: cycle %d: attach %.3f s, release (+GET) %.3f s\n", cycle, attach,
+                        seconds_since(t0) - attach);
+        std::fflush(stdout);
+        }
+        double total = seconds_since(start);
+        long ticks = cpu_ticks(info.pid) - ticks_before;
+        looping = false;
+        other.join();
+        std::printf("attacker: %d cycles in %.2f s, victim CPU %.2f s; other attacher: %d "
+                    "requests, worst %.3f s\n",
+                    kCycles, total, static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK)), other_requests,
+                    worst_other);
+        std::fflush(stdout);
+        channel.send_b(2);
+        if (worst_other > 0.1)
+            xt::fail(__FILE__, __LINE__,
+                     "another attacher's GET+ATTACH of a one-page segment waited " +
+                         std::to_string(worst_other) + " s behind the loop");
+    });
+    xt::expect_all_ok({&attacker, &victim});
+}
+
+// The victim publishes its region read-only to everyone (0644) and one page of it
+// read-write to its partners (0666). The attacker attaches the big segment first: the
+// whole region moves into the big segment's file, handed out. A partner attaching the
+// small segment afterwards must still reach the page.
+TEST_P(UserAttacks, AttachingAContainingSegmentFirstDoesNotBlindOtherAttachers) {
+    REQUIRE_ROOT("attacker and partner of other uids than the victim");
+    OPEN_HOLE(
+        "an attacker that attaches a read-only 0644 segment first moves all its memory into that "
+        "segment's file; every segment inside it is then attached as a hole by everyone else: "
+        "the partner's xpmem_attach of the 0666 page succeeds and touching it is SIGBUS");
+    xt::Channel channel;
+    xt::Process victim([&] {
+        be(kVictimUid);
+        char *region = anon(4);
+        std::strcpy(region + kPage, "FOR-PARTNER");
+        channel.send_a(NestedInfo{getpid(),
+                                  xpmem_make(region, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0644),
+                                  xpmem_make(region + kPage, kPage, XPMEM_PERMIT_MODE, (void *)0666)});
+        channel.receive_a<int>();
+    });
+    auto info = channel.receive_b<NestedInfo>();
+    xt::Process attacker([&] {
+        be(kAttackerUid);
+        int fd = raw_connect(info.pid);
+        auto big = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+        std::vector<int> fds;
+        auto reply = ask<wire::AttachReply>(
+            fd, wire::Attach{.permit = big.permit, .offset = 0, .size = 4 * kPage}, &fds);
+        CHILD_CHECK(big.error == 0 && reply.error == 0);
+        xt::Process partner([&] {
+            be(kPartnerUid);
+            xpmem_apid_t apid = xpmem_get(info.small, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+            CHILD_CHECK(apid > 0);
+            auto *view = static_cast<char *>(xpmem_attach(xpmem_addr{apid, 0}, kPage, nullptr));
+            CHILD_CHECK(view != reinterpret_cast<void *>(-1));
+            if (!page_contains(view, "FOR-PARTNER"))
+                xt::fail(__FILE__, __LINE__,
+                         "the partner's attachment of the 0666 page is a hole (SIGBUS) after the "
+                         "attacker attached the 0644 segment containing it");
+        });
+        CHILD_CHECK(partner.wait().exited_ok());
+    });
+    EXPECT_CHILD_OK(attacker);
+    channel.send_b(1);
+    EXPECT_CHILD_OK(victim);
+}
+
 INSTANTIATE_BACKENDS(UserAttacks);
 
 }  // namespace
