@@ -39,6 +39,7 @@
 #include <xpmem/xpmem.hpp>
 
 #include "harness.hpp"
+#include "util/sanitizer.hpp"
 #include "user/protocol.hpp"
 
 namespace {
@@ -1424,8 +1425,11 @@ void measure_victim(xt::Channel &channel, const char *what) {
 void expect_bounded(xt::Channel &channel, const char *what) {
     auto grown = channel.receive_b<Growth>();
     Findings findings;
-    findings.check(grown.rss_kb < 4096, std::string(what) + " grew the victim's RSS by " +
-                                            std::to_string(grown.rss_kb) + " KiB");
+    // A sanitizer's shadow memory grows with every allocation: RSS says nothing there; the
+    // heap's own count (mallinfo2) still does.
+    findings.check(xpmem::util::kSanitizer || grown.rss_kb < 4096,
+                   std::string(what) + " grew the victim's RSS by " +
+                       std::to_string(grown.rss_kb) + " KiB");
     findings.check(grown.heap_bytes < (4L << 20),
                    std::string(what) + " grew the victim's heap by " +
                        std::to_string(grown.heap_bytes / 1024) + " KiB");
@@ -1893,11 +1897,6 @@ struct NestedInfo {
 // read-write descriptor of the small segment's file must not write the victim's page.
 TEST_P(UserAttacks, RemovedSegmentIsNotWritableThroughAContainingReadOnlyGrant) {
     REQUIRE_ROOT("the attacker must be another uid than the victim (0644 vs 0666)");
-    OPEN_HOLE(
-        "xpmem_remove of a 0666 segment does not take back its file while the same attacker "
-        "holds a read-only grant of a 0644 segment containing it: the file was handed out under "
-        "both grants, only the removed one is forgotten, so the attacker's kept O_RDWR "
-        "descriptor keeps writing the victim's page after the remove");
     xt::Channel channel;
     xt::Process victim([&] {
         be(kVictimUid);
@@ -1949,11 +1948,6 @@ TEST_P(UserAttacks, RemovedSegmentIsNotWritableThroughAContainingReadOnlyGrant) 
 // who has no right to anything left, must not read it through the descriptor it kept.
 TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegment) {
     REQUIRE_ROOT("the attacker must be another uid than the victim (0600)");
-    OPEN_HOLE(
-        "xpmem_remove does not cut an attacker off while the victim's partner holds a grant of a "
-        "0600 segment containing the removed 0666 one: the removed segment's file was handed out "
-        "under the partner's grant too, so it is not taken back, and the attacker's kept "
-        "descriptor reads (and writes) the victim's live page after the remove");
     xt::Channel channel, partner_steps;
     xt::Process victim([&] {
         be(kVictimUid);
@@ -1969,7 +1963,9 @@ TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegm
             CHILD_CHECK(apid > 0);
             auto *view = static_cast<char *>(xpmem_attach(xpmem_addr{apid, 0}, 4 * kPage, nullptr));
             CHILD_CHECK(view != reinterpret_cast<void *>(-1));
-            CHILD_CHECK(std::strcmp(view + kPage, "PUBLIC") == 0);
+            // Page 1 went out under the attacker's grant of the small segment first: in
+            // the partner's attachment of the containing one it is a hole (README,
+            // limits: segments that overlap). The partner's grant must not keep it alive.
             partner_steps.send_b(1);
             partner_steps.receive_b<int>();  // keeps its attachment until the end
         });
@@ -2013,12 +2009,6 @@ TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegm
 // attacher that attaches the segment again makes the victim convert the fresh memory into
 // that same file at the same offsets: the moved memory must not be punched nor aliased.
 TEST_P(UserAttacks, AttachAfterTheOwnerMovedItsMemoryDoesNotCorruptTheMovedMemory) {
-    OPEN_HOLE(
-        "after the victim mremaps converted memory elsewhere and maps fresh memory at the "
-        "segment's range, a read-only attacher attaching the segment again makes the victim "
-        "punch the segment file (zeroing the moved memory) and convert the fresh memory into "
-        "the same file pages: the victim's two buffers become one (its own stores to one show "
-        "in the other)");
     xt::Channel channel;
     xt::Process victim([&] {
         be(kVictimUid);
@@ -2081,11 +2071,6 @@ long private_and_shmem_kb() {
 // pages are not the victim's memory. A read-only attacker that attaches it and releases
 // must not turn the file into the victim's resident memory.
 TEST_P(UserAttacks, AttachingAReadOnlyFileMappingCostsTheVictimNoMemory) {
-    OPEN_HOLE(
-        "a private read-only file mapping is converted like private memory: every page of the "
-        "file (holes too) is copied into the victim's memfd on attach, and on release copied "
-        "again into private anonymous memory that stays; a 128 MiB sparse file the victim never "
-        "touched becomes 128 MiB of its resident memory, a larger one exhausts it");
     constexpr std::size_t kSize = 128 << 20;
     TempDir dir(0777);
     xt::Channel channel;
