@@ -12,8 +12,8 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <memory>
 #include <initializer_list>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>

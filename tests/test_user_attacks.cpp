@@ -39,8 +39,8 @@
 #include <xpmem/xpmem.hpp>
 
 #include "harness.hpp"
-#include "util/sanitizer.hpp"
 #include "user/protocol.hpp"
+#include "util/sanitizer.hpp"
 
 namespace {
 
@@ -1427,9 +1427,9 @@ void expect_bounded(xt::Channel &channel, const char *what) {
     Findings findings;
     // A sanitizer's shadow memory grows with every allocation: RSS says nothing there; the
     // heap's own count (mallinfo2) still does.
-    findings.check(xpmem::util::kSanitizer || grown.rss_kb < 4096,
-                   std::string(what) + " grew the victim's RSS by " +
-                       std::to_string(grown.rss_kb) + " KiB");
+    findings.check(
+        xpmem::util::kSanitizer || grown.rss_kb < 4096,
+        std::string(what) + " grew the victim's RSS by " + std::to_string(grown.rss_kb) + " KiB");
     findings.check(grown.heap_bytes < (4L << 20),
                    std::string(what) + " grew the victim's heap by " +
                        std::to_string(grown.heap_bytes / 1024) + " KiB");
@@ -1640,8 +1640,12 @@ void uncooperative(Event event) {
     }
 }
 
-TEST_P(UserAttacks, KeptDescriptorsDieWithRemove) { uncooperative(Event::remove); }
-TEST_P(UserAttacks, KeptDescriptorsDieWithRelease) { uncooperative(Event::release); }
+TEST_P(UserAttacks, KeptDescriptorsDieWithRemove) {
+    uncooperative(Event::remove);
+}
+TEST_P(UserAttacks, KeptDescriptorsDieWithRelease) {
+    uncooperative(Event::release);
+}
 TEST_P(UserAttacks, KeptDescriptorsDieWithTheVictim) {
     OPEN_HOLE(
         "after the victim exits, a kept descriptor or mapping still reads what the victim's "
@@ -2176,11 +2180,11 @@ TEST_P(UserAttacks, AttachReleaseLoopOnALargeSegmentStallsOtherAttachers) {
             int mine = raw_connect(info.pid);
             while (looping.load()) {
                 auto start = Clock::now();
-                auto g =
-                    ask<wire::GetReply>(mine, wire::Get{.segid = info.small, .flags = XPMEM_RDONLY});
+                auto g = ask<wire::GetReply>(mine,
+                                             wire::Get{.segid = info.small, .flags = XPMEM_RDONLY});
                 std::vector<int> fds;
-                ask<wire::AttachReply>(mine, wire::Attach{.permit = g.permit, .offset = 0, .size = kPage},
-                                       &fds);
+                ask<wire::AttachReply>(
+                    mine, wire::Attach{.permit = g.permit, .offset = 0, .size = kPage}, &fds);
                 for (int received : fds) close(received);
                 send_raw(mine, wire::Release{.permit = g.permit});
                 worst_other = std::max(worst_other, seconds_since(start));
@@ -2206,16 +2210,17 @@ TEST_P(UserAttacks, AttachReleaseLoopOnALargeSegmentStallsOtherAttachers) {
             CHILD_CHECK(grant.error == 0);
             std::printf("attacker: cycle %d: attach %.3f s, release (+GET) %.3f s\n", cycle, attach,
                         seconds_since(t0) - attach);
-        std::fflush(stdout);
+            std::fflush(stdout);
         }
         double total = seconds_since(start);
         long ticks = cpu_ticks(info.pid) - ticks_before;
         looping = false;
         other.join();
-        std::printf("attacker: %d cycles in %.2f s, victim CPU %.2f s; other attacher: %d "
-                    "requests, worst %.3f s\n",
-                    kCycles, total, static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK)), other_requests,
-                    worst_other);
+        std::printf(
+            "attacker: %d cycles in %.2f s, victim CPU %.2f s; other attacher: %d "
+            "requests, worst %.3f s\n",
+            kCycles, total, static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK)),
+            other_requests, worst_other);
         std::fflush(stdout);
         channel.send_b(2);
         if (worst_other > 0.1)
@@ -2241,9 +2246,9 @@ TEST_P(UserAttacks, AttachingAContainingSegmentFirstDoesNotBlindOtherAttachers) 
         be(kVictimUid);
         char *region = anon(4);
         std::strcpy(region + kPage, "FOR-PARTNER");
-        channel.send_a(NestedInfo{getpid(),
-                                  xpmem_make(region, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0644),
-                                  xpmem_make(region + kPage, kPage, XPMEM_PERMIT_MODE, (void *)0666)});
+        channel.send_a(
+            NestedInfo{getpid(), xpmem_make(region, 4 * kPage, XPMEM_PERMIT_MODE, (void *)0644),
+                       xpmem_make(region + kPage, kPage, XPMEM_PERMIT_MODE, (void *)0666)});
         channel.receive_a<int>();
     });
     auto info = channel.receive_b<NestedInfo>();

@@ -153,8 +153,7 @@ UniqueFd connect_to_owner(std::int64_t segid) {
             // got the pid later started later. (If the listener passed its socket on and
             // exited, the pid names another process, or none.)
             std::optional<std::uint64_t> start = start_time_of(pid);
-            if (start && (*start & protocol::kStartMask) == protocol::owner_start(segid))
-                return fd;
+            if (start && (*start & protocol::kStartMask) == protocol::owner_start(segid)) return fd;
         } catch (const std::system_error &error) {
             if (error.code().value() == ENOMEM) throw;
         }

@@ -296,8 +296,8 @@ void convert_write_protected(int backing, std::uint64_t offset, const Vma &vma,
 // memory if `backing` < 0) while stores to it are parked: for mappings userfaultfd cannot
 // protect (private file mappings, and our files before Linux 5.19). A system call that
 // writes there meanwhile fails with EFAULT.
-void convert_guarded(int backing, std::uint64_t offset, const Source &source,
-                     std::uintptr_t start, std::uintptr_t end) {
+void convert_guarded(int backing, std::uint64_t offset, const Source &source, std::uintptr_t start,
+                     std::uintptr_t end) {
     install_segv_guard();
     int protection = source.vma.protection();
     for (std::uintptr_t cursor = start; cursor < end;) {
@@ -374,9 +374,9 @@ Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memo
         if (file.segid == segment.segid && file.writable_memory == writable_memory &&
             offsets_free(file))
             return file;
-    UniqueFd fd(static_cast<int>(::memfd_create(writable_memory ? "xpmem-segment-rw"
-                                                                 : "xpmem-segment-ro",
-                                                MFD_CLOEXEC | MFD_ALLOW_SEALING)));
+    UniqueFd fd(
+        static_cast<int>(::memfd_create(writable_memory ? "xpmem-segment-rw" : "xpmem-segment-ro",
+                                        MFD_CLOEXEC | MFD_ALLOW_SEALING)));
     if (!fd) throw_last_errno("memfd_create");
     if (::ftruncate(fd.get(), static_cast<off_t>(segment.size)) < 0) throw_last_errno("ftruncate");
     // Attachers hold these descriptors: none of them may resize the file under the owner,
@@ -386,8 +386,8 @@ Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memo
     if (::fchmod(fd.get(), S_IRUSR) < 0) throw_last_errno("fchmod");
     struct stat status {};
     if (::fstat(fd.get(), &status) < 0) throw_last_errno("fstat");
-    File file{std::move(fd), segment.segid, segment.start, segment.size, writable_memory, false,
-              {}};
+    File file{
+        std::move(fd), segment.segid, segment.start, segment.size, writable_memory, false, {}};
     return files_.insert_or_assign(status.st_ino, std::move(file)).first->second;
 }
 

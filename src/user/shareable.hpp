@@ -8,8 +8,8 @@
 // offsets: new memory at its old address goes into another file of the segment. A file
 // is handed out only under grants for its own segment. So a descriptor reaches memory of
 // the segment it was handed out for and nothing else, and a descriptor of read-only
-// memory never writes it. The files are mode 0400: a read-only descriptor cannot be reopened for writing
-// through /proc by anyone but root (or the owner's uid, which can chmod it back).
+// memory never writes it. The files are mode 0400: a read-only descriptor cannot be reopened for
+// writing through /proc by anyone but root (or the owner's uid, which can chmod it back).
 //
 // Conversion fills the file with the same bytes, without losing a store made meanwhile:
 //   - private anonymous writable memory is write-protected with userfaultfd (writers
@@ -32,8 +32,8 @@
 #include <functional>
 #include <map>
 #include <set>
-#include <utility>
 #include <span>
+#include <utility>
 
 #include "user/address_space.hpp"
 #include "util/unique_fd.hpp"
@@ -59,8 +59,8 @@ class Backing {
     // One file of converted memory.
     struct File {
         util::UniqueFd fd;
-        std::int64_t segid;        // the segment it belongs to (which may be removed since)
-        std::uintptr_t start;      // the segment's range: file offset 0 is this address
+        std::int64_t segid;    // the segment it belongs to (which may be removed since)
+        std::uintptr_t start;  // the segment's range: file offset 0 is this address
         std::size_t size;
         bool writable_memory;      // holds memory the owner could write when converted
         bool handed_out = false;   // a descriptor of it left this process

@@ -32,8 +32,8 @@ constexpr std::uintptr_t kTidWithin = 1024;
 void add_descriptor(std::uintptr_t thread_pointer, std::vector<std::uintptr_t> &pages) {
     std::uintptr_t last = thread_pointer + kTidWithin;
     if (&__rseq_offset != nullptr && &__rseq_size != nullptr && __rseq_size != 0)
-        last = std::max(last, thread_pointer + static_cast<std::uintptr_t>(__rseq_offset) +
-                                  __rseq_size);
+        last = std::max(last,
+                        thread_pointer + static_cast<std::uintptr_t>(__rseq_offset) + __rseq_size);
     for (std::uintptr_t page = util::page_down(thread_pointer); page < last;
          page += util::kPageSize)
         pages.push_back(page);
@@ -71,8 +71,7 @@ void add_descriptors_below(std::uintptr_t top, const Vma &below,
     std::size_t count = static_cast<std::size_t>(got) / sizeof(std::uintptr_t);
     for (std::size_t i = 0; i + 2 < count; ++i) {
         std::uintptr_t word = from + i * sizeof(std::uintptr_t);
-        if (words[i] == word && words[i + 2] == word)
-            add_descriptor(word, pages);
+        if (words[i] == word && words[i + 2] == word) add_descriptor(word, pages);
     }
 }
 

@@ -4,7 +4,8 @@
 // Locking: `mutex_` guards all tables. It is never held while waiting on another
 // process, and never while memory is being converted (a writer blocked by the
 // conversion may hold it). A Link's own mutex serialises request/reply pairs on that
-// connection and is taken without `mutex_` held. Sessions (connections from peers) are
+// connection and is taken without `mutex_` held. `busy_` is held by the service thread
+// while it handles an event, and by fork. Sessions (connections from peers) are
 // created, read and closed only by the service thread; their grants are in `mutex_`.
 
 #include "user/user_backend.hpp"
@@ -28,8 +29,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -101,7 +102,7 @@ struct Grant {
 struct Session {
     std::uint64_t tag;  // its epoll tag, unique for the life of the process
     UniqueFd socket;
-    PeerCredentials peer;  // as recorded at connect time; the only identity ever used
+    PeerCredentials peer;        // as recorded at connect time; the only identity ever used
     std::uint32_t peer_key = 0;  // the key of the peer's own service, from its GETs
     std::map<std::uint64_t, Grant> grants;  // guarded by mutex_
     std::uint64_t next_grant = 1;
@@ -111,7 +112,7 @@ struct Session {
 struct Link {
     std::uint64_t owner;  // protocol::owner_of() of its segids
     UniqueFd socket;
-    std::mutex mutex;  // one request/reply at a time
+    std::mutex mutex;   // one request/reply at a time
     unsigned owed = 0;  // guarded by `mutex`: replies that did not come in time
 };
 
@@ -144,8 +145,16 @@ class UserBackend final : public Backend {
     void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) override;
     void detach(void *address) override;
 
-    void before_fork() noexcept override { mutex_.lock(); }
-    void after_fork_parent() noexcept override { mutex_.unlock(); }
+    // A fork waits until the service is idle: the child gets no half-converted range, and
+    // no lock the service held mid-way (a sanitizer's allocator lock, say).
+    void before_fork() noexcept override {
+        busy_.lock();
+        mutex_.lock();
+    }
+    void after_fork_parent() noexcept override {
+        mutex_.unlock();
+        busy_.unlock();
+    }
     void after_fork_child() noexcept override;
 
   private:
@@ -167,8 +176,8 @@ class UserBackend final : public Backend {
     void build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                       std::uintptr_t start, std::uintptr_t end, bool read_only,
                       const PeerCredentials &peer, std::span<const Interval> ours,
-                      std::span<const std::uintptr_t> known_threads,
-                      protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
+                      std::span<const std::uintptr_t> known_threads, protocol::AttachReply &reply,
+                      std::vector<UniqueFd> &fds);
 
     // attacher side
     std::shared_ptr<Link> link_to(xpmem_segid_t segid);
@@ -198,6 +207,9 @@ class UserBackend final : public Backend {
     bool service_running_ = false;
 
     std::mutex mutex_;
+    // Held by the service thread while it handles an event; taken before mutex_ (by
+    // fork), never while holding it.
+    std::mutex busy_;
     std::uint32_t next_serial_;
     std::map<xpmem_segid_t, SegmentRecord> segments_;
     std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
@@ -206,7 +218,7 @@ class UserBackend final : public Backend {
     std::map<xpmem_apid_t, PermitRecord> permits_;
     std::map<std::uintptr_t, AttachmentRecord> attachments_;
     std::map<std::uintptr_t, std::size_t> attaching_;  // ranges being mapped by attach()
-    std::set<xpmem_segid_t> revoked_;  // only segids we hold permits for
+    std::set<xpmem_segid_t> revoked_;                  // only segids we hold permits for
     std::vector<std::function<void()>> work_queue_;
     std::uint64_t work_queued_ = 0, work_done_ = 0;
     std::condition_variable work_finished_;
@@ -307,6 +319,7 @@ UserBackend::~UserBackend() {
 
 void UserBackend::after_fork_child() noexcept {
     mutex_.unlock();
+    busy_.unlock();
     backing_.make_private_after_fork();
     // Attachments were not inherited (MADV_DONTFORK): forget them without unmapping.
     // Descriptors close with the tables.
@@ -325,8 +338,9 @@ void wait_past_start_tick(std::uint64_t start) {
     for (;;) {
         timespec now{};
         ::clock_gettime(CLOCK_BOOTTIME, &now);
-        auto ticks = static_cast<std::uint64_t>(now.tv_sec) * static_cast<std::uint64_t>(ticks_per_second) +
-                     static_cast<std::uint64_t>(now.tv_nsec / tick_ns);
+        auto ticks =
+            static_cast<std::uint64_t>(now.tv_sec) * static_cast<std::uint64_t>(ticks_per_second) +
+            static_cast<std::uint64_t>(now.tv_nsec / tick_ns);
         if (ticks > start) return;
         timespec rest{0, tick_ns - now.tv_nsec % tick_ns};
         ::nanosleep(&rest, nullptr);
@@ -391,8 +405,7 @@ void UserBackend::remove(xpmem_segid_t segid) {
     for (auto [attacher, key] : attachers) {
         try {
             UniqueFd socket = connect_to(attacher, key);
-            send_message(socket.get(), bytes_of(protocol::RevokeRequest{.segid = segid}), {},
-                         true);
+            send_message(socket.get(), bytes_of(protocol::RevokeRequest{.segid = segid}), {}, true);
             notified.push_back(std::move(socket));
         } catch (const std::system_error &) {
         }
@@ -521,8 +534,8 @@ void UserBackend::release(xpmem_apid_t apid) {
     }
     std::lock_guard lock(link->mutex);
     try {
-        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}),
-                         {}, true);
+        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}), {},
+                     true);
     } catch (const std::system_error &) {
         // The owner is gone or not reading; it forgets the grant when the link closes.
     }
@@ -698,6 +711,7 @@ void UserBackend::serve() {
         }
         for (int i = 0; i < count; ++i) {
             std::uint64_t tag = events[i].data.u64;
+            std::lock_guard busy(busy_);
             try {
                 if (tag == kStopTag) {
                     return;
@@ -847,10 +861,9 @@ void UserBackend::serve_session(std::uint64_t tag) {
             std::lock_guard lock(mutex_);
             session->grants.erase(release.permit);
         }
-        backing_.forget_holders(
-            [&](const Backing::Holder &holder) {
-                return holder == Backing::Holder{tag, release.permit};
-            });
+        backing_.forget_holders([&](const Backing::Holder &holder) {
+            return holder == Backing::Holder{tag, release.permit};
+        });
     } else if (parse(revoke)) {
         handle_revoke(*session, revoke);
     } else {
@@ -960,8 +973,7 @@ bool safe_for_another_user(int fd, const struct stat &status, const PeerCredenti
 // converted kMaxConvertPerReply: the attacher asks again for the rest.
 void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                                std::uintptr_t start, std::uintptr_t end, bool read_only,
-                               const PeerCredentials &peer,
-                               std::span<const Interval> ours,
+                               const PeerCredentials &peer, std::span<const Interval> ours,
                                std::span<const std::uintptr_t> known_threads,
                                protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
@@ -1085,8 +1097,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
                     return range.start < piece_end && cursor < range.end;
                 }))
                 throw_errno(EBUSY, "memory pinned by io_uring");
-            Backing::File &target =
-                backing_.make_shareable(segment, *vma, cursor, piece_end, maps);
+            Backing::File &target = backing_.make_shareable(segment, *vma, cursor, piece_end, maps);
             converted += length;
             file_piece(target, length, cursor - segment.start,
                        !read_only && target.writable_memory);

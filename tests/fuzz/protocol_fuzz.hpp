@@ -67,8 +67,8 @@ enum class Op : unsigned {
     count
 };
 inline constexpr std::array kOpNames{
-    "get",         "attach",     "release", "revoke",         "mutated",
-    "descriptors", "half_close", "burst",  "many_connections", "connect_close", "grant_flood"};
+    "get",        "attach", "release",          "revoke",        "mutated",    "descriptors",
+    "half_close", "burst",  "many_connections", "connect_close", "grant_flood"};
 static_assert(kOpNames.size() == static_cast<std::size_t>(Op::count));
 
 inline constexpr unsigned kMaxFuzzers = 16;

@@ -276,7 +276,6 @@ class Fuzzer {
         return choice < 96 ? d.pick(kEdges) : d.raw();
     }
 
-
     wire::GetRequest get(Draws &d) {
         return {.segid = choose_segid(d),
                 .flags = choose_flags(d),

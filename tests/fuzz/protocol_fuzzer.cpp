@@ -14,11 +14,11 @@
 //   xpmem-protocol-fuzz [--seed N] [--inputs N | --seconds S] [--fuzzers F]
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -97,12 +97,12 @@ std::size_t damaged_words(std::size_t segment, const std::byte *view) {
         std::size_t size = segment_size(i);
         void *at;
         if (spec.memfd) {
-            UniqueFd &memfd = memfds.emplace_back(
-                ::memfd_create(spec.name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+            UniqueFd &memfd =
+                memfds.emplace_back(::memfd_create(spec.name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
             if (!memfd || ::ftruncate(memfd.get(), static_cast<off_t>(size)) < 0 ||
                 (spec.file_mode != 0 && ::fchmod(memfd.get(), spec.file_mode) < 0) ||
-                (spec.sealed && ::fcntl(memfd.get(), F_ADD_SEALS,
-                                        F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0))
+                (spec.sealed &&
+                 ::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0))
                 _exit(2);
             at = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
         } else {
