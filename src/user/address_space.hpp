@@ -51,13 +51,15 @@ class Pagemap {
     util::UniqueFd fd_;
 };
 
-// The buffers this process registered with io_uring (IORING_REGISTER_BUFFERS), from the
-// fdinfo of its io_uring descriptors, sorted. The kernel pinned their pages: a conversion
-// that replaced them would leave io_uring reading and writing pages no longer mapped.
+// [start, end) of this process's addresses.
 struct Range {
     std::uintptr_t start;
     std::uintptr_t end;
 };
+
+// The buffers this process registered with io_uring (IORING_REGISTER_BUFFERS), from the
+// fdinfo of its io_uring descriptors, sorted. The kernel pinned their pages: a conversion
+// that replaced them would leave io_uring reading and writing pages no longer mapped.
 std::vector<Range> io_uring_buffers();
 
 // Opens the object `vma` maps, verified to be that object, writable if asked and allowed;

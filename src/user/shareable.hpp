@@ -40,11 +40,6 @@
 
 namespace xpmem::user {
 
-struct Interval {
-    std::uintptr_t start;
-    std::uintptr_t end;
-};
-
 // A segment as conversion sees it.
 struct SegmentRange {
     std::int64_t segid;

@@ -175,7 +175,7 @@ class UserBackend final : public Backend {
     std::size_t grants_of_uid_locked(uid_t uid) const;
     void build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                       std::uintptr_t start, std::uintptr_t end, bool read_only,
-                      const PeerCredentials &peer, std::span<const Interval> ours,
+                      const PeerCredentials &peer, std::span<const Range> ours,
                       std::span<const std::uintptr_t> known_threads, protocol::AttachReply &reply,
                       std::vector<UniqueFd> &fds);
 
@@ -188,7 +188,7 @@ class UserBackend final : public Backend {
                     std::size_t &mapped);
     void revoke_locked(xpmem_segid_t segid);
     void map_sigbus(std::uintptr_t start, std::size_t size, int prot);
-    std::vector<Interval> library_intervals_locked() const;
+    std::vector<Range> library_intervals_locked() const;
     void note_caller_locked() { known_threads_.insert(current_thread_pointer()); }
 
     const pid_t pid_;
@@ -677,14 +677,14 @@ void UserBackend::revoke_locked(xpmem_segid_t segid) {
     }
 }
 
-std::vector<Interval> UserBackend::library_intervals_locked() const {
-    std::vector<Interval> ours;
+std::vector<Range> UserBackend::library_intervals_locked() const {
+    std::vector<Range> ours;
     ours.push_back({service_stack_.address(), service_stack_.address() + service_stack_.size()});
     for (const auto &[start, attachment] : attachments_)
         ours.push_back({start, start + attachment.size});
     for (const auto &[start, size] : attaching_) ours.push_back({start, start + size});
     std::sort(ours.begin(), ours.end(),
-              [](const Interval &a, const Interval &b) { return a.start < b.start; });
+              [](const Range &a, const Range &b) { return a.start < b.start; });
     return ours;
 }
 
@@ -902,7 +902,7 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     SegmentRange segment_range{};
     std::uintptr_t start = 0, end = 0;
     bool read_only = true;
-    std::vector<Interval> ours;
+    std::vector<Range> ours;
     std::vector<std::uintptr_t> known_threads;
     {
         std::lock_guard lock(mutex_);
@@ -973,17 +973,17 @@ bool safe_for_another_user(int fd, const struct stat &status, const PeerCredenti
 // converted kMaxConvertPerReply: the attacher asks again for the rest.
 void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                                std::uintptr_t start, std::uintptr_t end, bool read_only,
-                               const PeerCredentials &peer, std::span<const Interval> ours,
+                               const PeerCredentials &peer, std::span<const Range> ours,
                                std::span<const std::uintptr_t> known_threads,
                                protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
     // Holes: the library's own mappings, which are not the application's memory, and the
     // pages of thread descriptors, where the kernel writes behind our back (threads.hpp).
-    std::vector<Interval> holes(ours.begin(), ours.end());
+    std::vector<Range> holes(ours.begin(), ours.end());
     for (std::uintptr_t page : descriptor_pages(known_threads, maps))
         holes.push_back({page, page + util::kPageSize});
     std::sort(holes.begin(), holes.end(),
-              [](const Interval &a, const Interval &b) { return a.start < b.start; });
+              [](const Range &a, const Range &b) { return a.start < b.start; });
     backing_.forget_unmapped(maps);
     std::map<std::pair<const Backing::File *, bool>, int> file_index;
     std::size_t converted = 0;
@@ -1036,7 +1036,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
             continue;
         }
         std::uintptr_t piece_end = std::min<std::uintptr_t>(vma->end, end);
-        auto excluded = std::find_if(holes.begin(), holes.end(), [&](const Interval &i) {
+        auto excluded = std::find_if(holes.begin(), holes.end(), [&](const Range &i) {
             return cursor < i.end && i.start < piece_end;
         });
         if (excluded != holes.end()) {
