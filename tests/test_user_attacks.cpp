@@ -93,7 +93,7 @@ struct Piece {
     std::uint64_t length;
     std::uint64_t file_offset;
     std::int32_t fd_index;
-    std::uint32_t writable;
+    std::uint32_t flags;  // bit 0: writable
 };
 struct AttachReply {
     Header header;
@@ -671,7 +671,7 @@ TEST_P(UserAttacks, OnePagePermitReachesNothingElse) {
             auto reply = ask<wire::AttachReply>(
                 fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = pages * kPage}, &fds);
             CHILD_CHECK(reply.error == 0 && reply.piece_count > 0);
-            findings.check(reply.pieces[0].writable == 0,
+            findings.check((reply.pieces[0].flags & 1) == 0,
                            std::string("the piece over the victim's read-only ") + marker +
                                " page says writable");
             std::vector<int> candidates = fds;
@@ -1865,7 +1865,7 @@ TEST_P(UserAttacks, KeptDescriptorDoesNotWriteAPageMadeReadOnlyLater) {
         std::vector<int> again;
         auto second = ask<wire::AttachReply>(
             fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kPage}, &again);
-        CHILD_CHECK(second.error == 0 && second.pieces[0].writable == 0);
+        CHILD_CHECK(second.error == 0 && (second.pieces[0].flags & 1) == 0);
         auto *w = static_cast<char *>(mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED,
                                            fds[reply.pieces[0].fd_index],
                                            static_cast<off_t>(reply.pieces[0].file_offset)));

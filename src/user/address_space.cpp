@@ -50,32 +50,119 @@ int Vma::protection() const {
     return (readable ? PROT_READ : 0) | (writable ? PROT_WRITE : 0) | (executable ? PROT_EXEC : 0);
 }
 
+namespace {
+
+// Parses a hexadecimal number at `text`, advancing it past the number and one separator.
+std::uint64_t hex_field(const char *&text, const char *end) {
+    std::uint64_t value = 0;
+    for (; text < end; ++text) {
+        char c = *text;
+        int digit = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+        if (digit < 0) break;
+        value = value << 4 | static_cast<unsigned>(digit);
+    }
+    if (text < end) ++text;
+    return value;
+}
+
+std::uint64_t decimal_field(const char *&text, const char *end) {
+    std::uint64_t value = 0;
+    for (; text < end && *text >= '0' && *text <= '9'; ++text)
+        value = value * 10 + static_cast<unsigned>(*text - '0');
+    return value;
+}
+
+// One line "start-end perms offset major:minor inode   path" (without its newline); returns
+// where the path starts (or `end`). Allocates nothing.
+const char *parse_maps_line(const char *text, const char *end, MapEntry &entry) {
+    entry.start = hex_field(text, end);
+    entry.end = hex_field(text, end);
+    if (end - text < 5) util::throw_errno(EIO, "/proc/self/maps format");
+    entry.readable = text[0] == 'r';
+    entry.writable = text[1] == 'w';
+    entry.executable = text[2] == 'x';
+    entry.shared = text[3] == 's';
+    text += 5;
+    entry.offset = hex_field(text, end);
+    auto major = static_cast<unsigned>(hex_field(text, end));
+    auto minor = static_cast<unsigned>(hex_field(text, end));
+    entry.device = makedev(major, minor);
+    entry.inode = static_cast<ino_t>(decimal_field(text, end));
+    while (text < end && *text == ' ') ++text;
+    return text;
+}
+
+}  // namespace
+
+Vma Vma::from(const MapEntry &entry) {
+    Vma vma;
+    vma.start = entry.start;
+    vma.end = entry.end;
+    vma.readable = entry.readable;
+    vma.writable = entry.writable;
+    vma.executable = entry.executable;
+    vma.shared = entry.shared;
+    vma.offset = entry.offset;
+    vma.device = entry.device;
+    vma.inode = entry.inode;
+    return vma;
+}
+
 std::vector<Vma> read_maps() {
     std::ifstream maps("/proc/self/maps");
     if (!maps) util::throw_errno(EIO, "/proc/self/maps");
     std::vector<Vma> result;
     std::string line;
     while (std::getline(maps, line)) {
-        Vma vma;
-        char perms[5] = {};
-        unsigned major = 0, minor = 0;
-        unsigned long long inode = 0;
-        int path_at = 0;
-        if (std::sscanf(line.c_str(), "%" SCNxPTR "-%" SCNxPTR " %4s %" SCNx64 " %x:%x %llu %n",
-                        &vma.start, &vma.end, perms, &vma.offset, &major, &minor, &inode,
-                        &path_at) < 7)
-            util::throw_errno(EIO, "/proc/self/maps format");
-        vma.readable = perms[0] == 'r';
-        vma.writable = perms[1] == 'w';
-        vma.executable = perms[2] == 'x';
-        vma.shared = perms[3] == 's';
-        vma.device = makedev(major, minor);
-        vma.inode = static_cast<ino_t>(inode);
-        if (path_at > 0 && static_cast<std::size_t>(path_at) < line.size())
-            vma.path = line.substr(static_cast<std::size_t>(path_at));
+        MapEntry entry;
+        const char *end = line.data() + line.size();
+        const char *path = parse_maps_line(line.data(), end, entry);
+        Vma vma = Vma::from(entry);
+        vma.path.assign(path, end);
         result.push_back(std::move(vma));
     }
     return result;
+}
+
+// A buffer twice as large as `buffer` (1 MiB at first), with its contents.
+void MapsSnapshot::grow(util::Mapping &buffer) {
+    std::size_t size = buffer ? buffer.size() * 2 : std::size_t{1} << 20;
+    void *at = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (at == MAP_FAILED) util::throw_last_errno("mmap maps buffer");
+    ::madvise(at, size, MADV_DONTFORK);
+    if (buffer) std::memcpy(at, buffer.data(), buffer.size());
+    buffer = util::Mapping(at, size);
+}
+
+std::span<const MapEntry> MapsSnapshot::read() {
+    if (!text_) grow(text_);
+    std::size_t length = 0;
+    for (;;) {  // the whole file in one buffer, or a bigger buffer and again
+        UniqueFd fd(::open("/proc/self/maps", O_RDONLY | O_CLOEXEC));
+        if (!fd) util::throw_last_errno("/proc/self/maps");
+        length = 0;
+        ssize_t got;
+        while (length < text_.size() &&
+               (got = ::read(fd.get(), text_.data() + length, text_.size() - length)) > 0)
+            length += static_cast<std::size_t>(got);
+        if (length < text_.size()) break;
+        grow(text_);  // copies what was read for nothing; rare
+    }
+    const char *text = reinterpret_cast<const char *>(text_.data());
+    const char *end = text + length;
+    std::size_t count = 0;
+    while (text < end) {
+        const char *line_end = static_cast<const char *>(std::memchr(text, '\n', end - text));
+        if (line_end == nullptr) line_end = end;
+        if ((count + 1) * sizeof(MapEntry) > entries_.size()) grow(entries_);
+        parse_maps_line(text, line_end, reinterpret_cast<MapEntry *>(entries_.data())[count++]);
+        text = line_end + 1;
+    }
+    return {reinterpret_cast<const MapEntry *>(entries_.data()), count};
 }
 
 // A process that changed its uids is not dumpable and cannot open its own pagemap; every

@@ -8,9 +8,23 @@
 #include <string>
 #include <vector>
 
+#include "util/mapping.hpp"
 #include "util/unique_fd.hpp"
 
 namespace xpmem::user {
+
+// One line of /proc/self/maps, without its path.
+struct MapEntry {
+    std::uintptr_t start = 0;
+    std::uintptr_t end = 0;
+    bool readable = false;
+    bool writable = false;
+    bool executable = false;
+    bool shared = false;
+    std::uint64_t offset = 0;
+    dev_t device = 0;
+    ino_t inode = 0;
+};
 
 struct Vma {
     std::uintptr_t start = 0;
@@ -28,10 +42,26 @@ struct Vma {
     int protection() const;
     // [vdso], [vvar], [vsyscall] and hugetlb mappings cannot be handed over.
     bool special() const;
+
+    static Vma from(const MapEntry &entry);
 };
 
 // The mappings in address order.
 std::vector<Vma> read_maps();
+
+// /proc/self/maps read without allocating from the heap (its buffers are mappings of their
+// own): for a thread that must not take the allocator's lock, because an application thread
+// that holds it may be waiting for that thread.
+class MapsSnapshot {
+  public:
+    // The mappings in address order, valid until the next read().
+    std::span<const MapEntry> read();
+
+  private:
+    void grow(util::Mapping &buffer);
+    util::Mapping text_;
+    util::Mapping entries_;
+};
 
 // Page flags from /proc/self/pagemap (readable without privileges; PFNs are not used).
 class Pagemap {

@@ -8,7 +8,7 @@
 // checks that the pid really answers (SO_PEERCRED) and that the process with that pid
 // started when the segid says (/proc/<pid>/stat). A process that later gets the same pid
 // and binds the same name started later, and is not trusted. Then the attacher asks GET,
-// ATTACH and RELEASE on that connection, one request at a time; an owner that does not
+// ATTACH, FAULT and RELEASE on that connection, one request at a time; an owner that does not
 // answer in time is given up. An owner removing a segment connects to each attacher's
 // socket (its pid from SO_PEERCRED, its key from its GETs) and sends REVOKE. Every
 // message has a fixed size per type; anything else closes the connection. The peer's
@@ -33,6 +33,7 @@ enum class Type : std::uint32_t {
     release,
     revoke,
     revoke_reply,
+    fault,
 };
 
 struct Header {
@@ -91,12 +92,28 @@ struct AttachRequest {
     std::uint64_t size;    // page multiple
 };
 
-// One piece of an attached range: a file range to map, or a hole (fd_index < 0).
+// An attacher touched a page of its attachment that the owner's memory no longer backs
+// (the owner unmapped, moved or removed what was there, or it was a hole): the owner
+// describes [offset, offset + size) as for an attach, with the page at `offset` present.
+struct FaultRequest {
+    Header header{kMagic, Type::fault};
+    std::uint64_t permit;
+    std::uint64_t offset;  // into the segment, page-aligned: the page touched
+    std::uint64_t size;    // page multiple
+};
+
+inline constexpr std::uint32_t kPieceWritable = 1;
+// The piece is the owner's converted memory: the attacher watches it for faults, which
+// come when the owner's memory there changes.
+inline constexpr std::uint32_t kPieceFollowed = 2;
+
+// One piece of an attached range: a file range to map, or a hole (fd_index < 0), which
+// the attacher watches too.
 struct Piece {
     std::uint64_t length;
     std::uint64_t file_offset;
     std::int32_t fd_index;  // into the descriptors carried by the reply
-    std::uint32_t writable;
+    std::uint32_t flags;    // kPiece*
 };
 
 inline constexpr std::size_t kMaxPieces = 64;

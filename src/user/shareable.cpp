@@ -351,6 +351,170 @@ void convert(int backing, std::uint64_t offset, const Vma &vma, std::uintptr_t s
 
 }  // namespace
 
+Backing::Backing() {
+    constexpr std::uint64_t kEvents =
+        UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE;
+    try {
+        std::uint64_t supported = supported_uffd_features();
+        std::uint64_t mode_feature = 0;
+        if ((supported & UFFD_FEATURE_MINOR_SHMEM) != 0) {
+            mode_feature = UFFD_FEATURE_MINOR_SHMEM;
+            follow_mode_ = UFFDIO_REGISTER_MODE_MINOR;
+        } else if ((supported & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) != 0) {
+            // Events only: no remove is ordered against the owner's next store.
+            mode_feature = UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+            follow_mode_ = UFFDIO_REGISTER_MODE_WP;
+        }
+        if (mode_feature == 0 || (supported & kEvents) != kEvents) return;
+        UniqueFd fd = open_userfaultfd();
+        uffdio_api api{UFFD_API, kEvents | mode_feature, 0};
+        if (::ioctl(fd.get(), UFFDIO_API, &api) == 0) follow_ = std::move(fd);
+    } catch (const std::system_error &) {
+        // No userfaultfd here: attachments do not follow the owner.
+    }
+}
+
+namespace {
+
+// Adds [start, end) to `ranges`, merging what touches it.
+void add_range(std::map<std::uintptr_t, std::uintptr_t> &ranges, std::uintptr_t start,
+               std::uintptr_t end) {
+    auto it = ranges.upper_bound(start);
+    if (it != ranges.begin() && std::prev(it)->second >= start) {
+        --it;
+        start = it->first;
+        end = std::max(end, it->second);
+        it = ranges.erase(it);
+    }
+    while (it != ranges.end() && it->first <= end) {
+        end = std::max(end, it->second);
+        it = ranges.erase(it);
+    }
+    ranges.emplace(start, end);
+}
+
+void punch(int fd, std::uint64_t offset, std::uint64_t length) noexcept {
+    ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                static_cast<off_t>(length));
+}
+
+}  // namespace
+
+void Backing::follow(File &file, std::uintptr_t start, std::uintptr_t end) {
+    if (!follow_) return;
+    uffdio_register reg{{start, end - start}, follow_mode_, 0};
+    bool registered = ::ioctl(follow_.get(), UFFDIO_REGISTER, &reg) == 0;
+    add_range(file.followed, start, end);
+    // Another thread of the owner replaced the range the moment it was converted: what
+    // the file holds there is nobody's memory.
+    if (!registered) follow_unmapped();
+}
+
+void Backing::unfollow(std::uintptr_t start, std::uintptr_t end) noexcept {
+    if (!follow_) return;
+    uffdio_range range{start, end - start};
+    ::ioctl(follow_.get(), UFFDIO_UNREGISTER, &range);
+}
+
+bool Backing::natural(ino_t inode, const File &file, const MapEntry &entry) {
+    return entry.shared && entry.inode == inode && entry.device == file.device &&
+           entry.start >= file.start && entry.start - file.start == entry.offset;
+}
+
+// [start, end) of `file`'s natural place is no longer mapped there: whatever maps those
+// offsets elsewhere (memory the owner moved) goes back into private memory, then the
+// offsets are punched. Returns whether it changed the mappings (`maps` is stale then).
+bool Backing::follow_gone(ino_t inode, File &file, std::uintptr_t start, std::uintptr_t end,
+                          std::span<const MapEntry> maps) noexcept {
+    std::uint64_t first = start - file.start, last = end - file.start;
+    bool moved = false;
+    for (const MapEntry &entry : maps) {
+        if (!entry.shared || entry.inode != inode || entry.device != file.device) continue;
+        std::uint64_t from = std::max(first, entry.offset);
+        std::uint64_t to = std::min(last, entry.offset + (entry.end - entry.start));
+        if (from >= to) continue;
+        std::uintptr_t moved_start = entry.start + (from - entry.offset);
+        std::uintptr_t moved_end = moved_start + (to - from);
+        unfollow(moved_start, moved_end);
+        if (!entry.readable)  // nobody can touch it: make it readable for the copy
+            ::mprotect(reinterpret_cast<void *>(moved_start), moved_end - moved_start, PROT_READ);
+        try {
+            convert(-1, 0, Vma::from(entry), moved_start, moved_end, file.fd.get());
+        } catch (const std::system_error &) {
+            return false;  // the owner still maps it there: its bytes stay
+        }
+        moved = true;
+    }
+    punch(file.fd.get(), first, last - first);
+    return moved;
+}
+
+void Backing::follow_unmapped() noexcept {
+    if (!follow_) return;
+    for (bool again = true; again;) {  // until no moved memory was taken back
+        again = false;
+        std::span<const MapEntry> maps;
+        try {
+            if (!files_.empty()) maps = maps_.read();
+        } catch (const std::system_error &) {
+            return;
+        }
+        for (auto &[inode, file] : files_) {
+            for (auto range = file.followed.begin(); range != file.followed.end() && !again;) {
+                std::uintptr_t cursor = range->first, end = range->second, last_natural = 0;
+                auto entry = std::upper_bound(
+                    maps.begin(), maps.end(), cursor,
+                    [](std::uintptr_t address, const MapEntry &e) { return address < e.end; });
+                for (; entry != maps.end() && entry->start < end && !again; ++entry) {
+                    if (!natural(inode, file, *entry)) continue;
+                    if (entry->start > cursor)
+                        again = follow_gone(inode, file, cursor, entry->start, maps);
+                    cursor = std::max(cursor, entry->end);
+                    last_natural = std::min(cursor, end);
+                }
+                if (again) break;
+                if (cursor < end) again = follow_gone(inode, file, cursor, end, maps);
+                if (last_natural == 0) {
+                    range = file.followed.erase(range);
+                } else {
+                    range->second = last_natural;  // what follows is punched already
+                    ++range;
+                }
+            }
+            if (again) break;
+        }
+    }
+}
+
+void Backing::punch_followed(std::uintptr_t start, std::uintptr_t end) noexcept {
+    for (auto &[inode, file] : files_) {
+        auto it = file.followed.upper_bound(start);
+        if (it != file.followed.begin()) --it;
+        for (; it != file.followed.end() && it->first < end; ++it) {
+            std::uintptr_t from = std::max(start, it->first), to = std::min(end, it->second);
+            if (from < to) punch(file.fd.get(), from - file.start, to - from);
+        }
+    }
+}
+
+void Backing::follow_message() noexcept {
+    uffd_msg message{};
+    if (::read(follow_.get(), &message, sizeof message) != sizeof message) return;
+    if (message.event == UFFD_EVENT_REMOVE) {
+        punch_followed(message.arg.remove.start, message.arg.remove.end);
+    } else if (message.event == UFFD_EVENT_PAGEFAULT) {
+        // A minor fault: the page is still there (map it), or punched by now (wake the
+        // thread: its fault then finds no page and gets a fresh one).
+        std::uintptr_t page = util::page_down(message.arg.pagefault.address);
+        uffdio_continue resolve{{page, kPageSize}, 0, 0};
+        if (::ioctl(follow_.get(), UFFDIO_CONTINUE, &resolve) < 0) {
+            uffdio_range range{page, kPageSize};
+            ::ioctl(follow_.get(), UFFDIO_WAKE, &range);
+        }
+    }
+    // Unmaps and remaps: follow_unmapped() saw their effect before the message was read.
+}
+
 Backing::File *Backing::file_of(const Vma &vma) {
     if (!vma.shared || files_.empty()) return nullptr;
     auto it = files_.find(vma.inode);
@@ -386,8 +550,15 @@ Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memo
     if (::fchmod(fd.get(), S_IRUSR) < 0) throw_last_errno("fchmod");
     struct stat status {};
     if (::fstat(fd.get(), &status) < 0) throw_last_errno("fstat");
-    File file{
-        std::move(fd), segment.segid, segment.start, segment.size, writable_memory, false, {}};
+    File file{std::move(fd),
+              segment.segid,
+              segment.start,
+              segment.size,
+              writable_memory,
+              false,
+              {},
+              status.st_dev,
+              {}};
     return files_.insert_or_assign(status.st_ino, std::move(file)).first->second;
 }
 
@@ -401,11 +572,12 @@ Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &v
     if (::fallocate(target.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     static_cast<off_t>(offset), static_cast<off_t>(end - start)) < 0)
         throw_last_errno("punch segment file");
+    // Our own replacement of a followed range must not wait for its own event.
+    if (source != nullptr) unfollow(start, end);
     convert(target.fd.get(), offset, vma, start, end, source != nullptr ? source->fd.get() : -1);
     if (source != nullptr)  // the range left that file: free its copy there
-        ::fallocate(source->fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                    static_cast<off_t>(vma.offset + (start - vma.start)),
-                    static_cast<off_t>(end - start));
+        punch(source->fd.get(), vma.offset + (start - vma.start), end - start);
+    follow(target, start, end);
     return target;
 }
 
@@ -444,8 +616,7 @@ void Backing::forget_unmapped(std::span<const Vma> maps) {
             continue;
         }
         // The owner freed this memory: kept descriptors must not show what it held.
-        ::fallocate(it->second.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-                    static_cast<off_t>(it->second.size));
+        punch(it->second.fd.get(), 0, it->second.size);
         it = files_.erase(it);
     }
 }
@@ -453,13 +624,13 @@ void Backing::forget_unmapped(std::span<const Vma> maps) {
 void Backing::take_back(const File &file, std::span<const Vma> maps) {
     for (const Vma &vma : maps) {
         if (file_of(vma) != &file) continue;
+        unfollow(vma.start, vma.end);
         if (!vma.readable)  // nobody can touch it: make it readable for the copy
             ::mprotect(reinterpret_cast<void *>(vma.start), vma.end - vma.start, PROT_READ);
         convert(-1, 0, vma, vma.start, vma.end, file.fd.get());
     }
     // What a kept descriptor still maps is now nobody's memory: free it.
-    ::fallocate(file.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-                static_cast<off_t>(file.size));
+    punch(file.fd.get(), 0, file.size);
     for (auto it = files_.begin(); it != files_.end(); ++it) {
         if (&it->second != &file) continue;
         files_.erase(it);

@@ -47,6 +47,8 @@ struct SegmentRange {
     std::size_t size;
 };
 
+// Every member is called with the backing lock held (user_backend.cpp), by the service
+// thread, or by the follower thread (follow_unmapped, follow_message).
 class Backing {
   public:
     using Holder = std::pair<std::uint64_t, std::uint64_t>;  // (session, grant) of a peer
@@ -60,7 +62,13 @@ class Backing {
         bool writable_memory;      // holds memory the owner could write when converted
         bool handed_out = false;   // a descriptor of it left this process
         std::set<Holder> holders;  // the grants it was handed out under, still live
+        dev_t device = 0;
+        // Where the owner maps it at its natural place (address = start + offset), as
+        // converted; what of that it no longer maps is punched (follow_unmapped).
+        std::map<std::uintptr_t, std::uintptr_t> followed;  // start -> end
     };
+
+    Backing();
 
     // The file `vma` maps, if it is one of ours.
     File *file_of(const Vma &vma);
@@ -83,6 +91,26 @@ class Backing {
     // Closes the files the owner no longer maps anywhere in `maps`.
     void forget_unmapped(std::span<const Vma> maps);
 
+    // ---- following the owner ---------------------------------------------------------
+    //
+    // Converted memory is registered with one userfaultfd that reports the owner's unmaps,
+    // remaps and removes (MADV_DONTNEED, MADV_REMOVE), and minor faults: the owner touching
+    // a page whose page-table entry a remove dropped. The thread that reads it brings the
+    // files in line before it reads each message. A thread unmapping or moving converted
+    // memory waits until its message is read, so by the time munmap or mremap returns the
+    // old memory is out of every attacher's reach. A remove is reported before it happens:
+    // its range is punched right after the message is read, and an owner access that comes
+    // sooner faults and waits for that. No member below allocates from the heap: the thread
+    // that waits may hold the allocator's lock.
+
+    // The userfaultfd, or -1 where the kernel cannot follow (before Linux 5.14).
+    int follow_fd() const { return follow_.get(); }
+    // Punches the offsets of every file whose memory the owner no longer maps at its
+    // natural place; memory it moved elsewhere goes back into private memory first.
+    void follow_unmapped() noexcept;
+    // Reads and acts on one message of follow_fd(), if one is pending.
+    void follow_message() noexcept;
+
     // In a fork child: gives every mapping of our files private copy-on-write semantics
     // again by copying it into private anonymous memory in place.
     void make_private_after_fork() noexcept;
@@ -91,8 +119,17 @@ class Backing {
     File &file_for(const SegmentRange &segment, bool writable_memory, std::uint64_t offset,
                    std::uint64_t length, std::span<const Vma> maps);
     void take_back(const File &file, std::span<const Vma> maps);
+    void follow(File &file, std::uintptr_t start, std::uintptr_t end);
+    void unfollow(std::uintptr_t start, std::uintptr_t end) noexcept;
+    static bool natural(ino_t inode, const File &file, const MapEntry &entry);
+    bool follow_gone(ino_t inode, File &file, std::uintptr_t start, std::uintptr_t end,
+                     std::span<const MapEntry> maps) noexcept;
+    void punch_followed(std::uintptr_t start, std::uintptr_t end) noexcept;
 
     std::map<ino_t, File> files_;  // all memfds live on one device
+    util::UniqueFd follow_;
+    std::uint64_t follow_mode_ = 0;  // UFFDIO_REGISTER_MODE_MINOR, or _WP where only that works
+    MapsSnapshot maps_;
 };
 
 // Forgets a closed guard window once its stragglers have been served; true while one is

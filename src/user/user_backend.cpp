@@ -1,12 +1,17 @@
 // The user backend: segments served by a per-process service thread over Unix sockets,
 // private memory made shareable in place on attach (user/shareable.hpp).
 //
-// Locking: `mutex_` guards all tables. It is never held while waiting on another
-// process, and never while memory is being converted (a writer blocked by the
-// conversion may hold it). A Link's own mutex serialises request/reply pairs on that
-// connection and is taken without `mutex_` held. `busy_` is held by the service thread
-// while it handles an event, and by fork. Sessions (connections from peers) are
-// created, read and closed only by the service thread; their grants are in `mutex_`.
+// Threads of the library: the service thread answers peers and converts memory; the
+// follower (user/follower.hpp) follows the owner's unmaps; the fetcher (user/fetcher.hpp)
+// resolves faults on attachments by asking their owners.
+//
+// Locking, in this order: `busy_` is held by the service thread while it handles an event,
+// and by fork. `backing_lock_` guards backing_ (the service thread while it converts or
+// takes back, the follower while it follows). `mutex_` guards all tables; it is never held
+// while waiting on another process, and never while memory is being converted (a writer
+// blocked by the conversion may hold it). A Link's own mutex serialises request/reply pairs
+// on that connection and is taken without `mutex_` held. Sessions (connections from peers)
+// are created, read and closed only by the service thread; their grants are in `mutex_`.
 
 #include "user/user_backend.hpp"
 
@@ -40,6 +45,9 @@
 #include "core/library.hpp"
 #include "user/address_space.hpp"
 #include "user/channel.hpp"
+#include "user/fetcher.hpp"
+#include "user/follower.hpp"
+#include "user/library_thread.hpp"
 #include "user/permission.hpp"
 #include "user/protocol.hpp"
 #include "user/shareable.hpp"
@@ -57,9 +65,9 @@ using util::throw_errno;
 using util::throw_last_errno;
 using util::UniqueFd;
 
-// ThreadSanitizer keeps its per-thread state (about 900 KiB) in static TLS, which glibc
-// places at the top of a caller-provided stack.
-constexpr std::size_t kServiceStackSize = util::kThreadSanitizer ? 8 << 20 : 512 * 1024;
+constexpr std::size_t kServiceStackSize = 512 * 1024;
+// A fault asks the owner for at most this much from the page touched.
+constexpr std::size_t kFetchWindow = std::size_t{1} << 20;
 // Peers are bounded so that they can neither exhaust the owner's memory nor starve its
 // application of descriptors: sessions take at most a quarter of RLIMIT_NOFILE (within
 // these bounds), another uid at most a quarter of those, a session at most
@@ -125,6 +133,7 @@ struct PermitRecord {
 
 struct AttachmentRecord {
     std::size_t size;
+    std::uint64_t offset;  // into the segment
     xpmem_apid_t apid;
     xpmem_segid_t segid;
     int prot;
@@ -145,26 +154,28 @@ class UserBackend final : public Backend {
     void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) override;
     void detach(void *address) override;
 
-    // A fork waits until the service is idle: the child gets no half-converted range, and
-    // no lock the service held mid-way (a sanitizer's allocator lock, say).
+    // A fork waits until the service and the follower are idle: the child gets no
+    // half-converted range, and no lock they held mid-way (a sanitizer's allocator lock).
     void before_fork() noexcept override {
         busy_.lock();
+        backing_lock_.lock();
         mutex_.lock();
     }
     void after_fork_parent() noexcept override {
         mutex_.unlock();
+        backing_lock_.unlock();
         busy_.unlock();
     }
     void after_fork_child() noexcept override;
 
   private:
     // service thread
-    static void *service_main(void *self);
-    void serve();
+    void serve(int stop);
     void accept_session();
     void serve_session(std::uint64_t tag);
     void handle_get(Session &session, const protocol::GetRequest &request);
-    void handle_attach(Session &session, const protocol::AttachRequest &request);
+    void handle_attach(Session &session, std::uint64_t permit, std::uint64_t offset,
+                       std::uint64_t size, bool populate);
     void handle_revoke(Session &session, const protocol::RevokeRequest &request);
     void close_session(std::uint64_t tag);
     void owner_gone(std::uint64_t owner);
@@ -176,16 +187,18 @@ class UserBackend final : public Backend {
     void build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                       std::uintptr_t start, std::uintptr_t end, bool read_only,
                       const PeerCredentials &peer, std::span<const Range> ours,
-                      std::span<const std::uintptr_t> known_threads, protocol::AttachReply &reply,
-                      std::vector<UniqueFd> &fds);
+                      std::span<const std::uintptr_t> known_threads, bool populate,
+                      protocol::AttachReply &reply, std::vector<UniqueFd> &fds);
 
     // attacher side
     std::shared_ptr<Link> link_to(xpmem_segid_t segid);
     template <class Reply, class Request>
     Reply ask(Link &link, const Request &request, std::vector<UniqueFd> *fds = nullptr);
-    void map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
+    bool map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
                     std::span<const UniqueFd> fds, bool read_only, std::size_t limit,
-                    std::size_t &mapped);
+                    std::size_t &mapped, std::optional<std::uintptr_t> touched = {});
+    void resolve_fault(const Fault &fault);
+    Fetcher &fetcher();
     void revoke_locked(xpmem_segid_t segid);
     void map_sigbus(std::uintptr_t start, std::size_t size, int prot);
     std::vector<Range> library_intervals_locked() const;
@@ -200,16 +213,13 @@ class UserBackend final : public Backend {
     UniqueFd sigbus_;  // empty sealed memfd: every touch of a mapping of it is SIGBUS
     UniqueFd listen_;
     UniqueFd epoll_;
-    UniqueFd stop_;
     UniqueFd work_;  // eventfd: work_queue_ has something
-    Mapping service_stack_;
-    pthread_t service_{};
-    bool service_running_ = false;
 
-    std::mutex mutex_;
-    // Held by the service thread while it handles an event; taken before mutex_ (by
-    // fork), never while holding it.
+    // Held by the service thread while it handles an event; taken before the others (by
+    // fork), never while holding one.
     std::mutex busy_;
+    std::mutex backing_lock_;
+    std::mutex mutex_;
     std::uint32_t next_serial_;
     std::map<xpmem_segid_t, SegmentRecord> segments_;
     std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
@@ -222,8 +232,13 @@ class UserBackend final : public Backend {
     std::vector<std::function<void()>> work_queue_;
     std::uint64_t work_queued_ = 0, work_done_ = 0;
     std::condition_variable work_finished_;
-    Backing backing_;  // used by the service thread only (and the fork child)
+    Backing backing_;                                                 // guarded by backing_lock_
     std::set<std::uintptr_t> known_threads_{loading_thread_pointer};  // callers' thread pointers
+    std::vector<Range> thread_stacks_;  // of our threads; guarded by mutex_
+    std::unique_ptr<Fetcher> fetcher_;  // made on the first attach; guarded by mutex_
+    // Last, so that they stop first: they use everything above.
+    std::optional<Follower> follower_;  // made on the first conversion, by the service thread
+    std::optional<LibraryThread> service_;
 };
 
 std::uint32_t random_number() {
@@ -275,55 +290,30 @@ UserBackend::UserBackend()
         }
     }
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-    stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     work_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!epoll_ || !stop_ || !work_) throw_last_errno("epoll/eventfd");
+    if (!epoll_ || !work_) throw_last_errno("epoll/eventfd");
     auto watch = [&](int fd, std::uint64_t tag) {
         epoll_event event{EPOLLIN, {.u64 = tag}};
         if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) < 0) throw_last_errno("epoll_ctl");
     };
-    watch(stop_.get(), kStopTag);
     watch(listen_.get(), kListenTag);
     watch(work_.get(), kWorkTag);
-
-    // Our own stack, so that the thread's TLS lies in memory the library owns and never
-    // converts. Fork children must inherit it: glibc's fork unlinks the forking thread
-    // from a list whose neighbour is this thread's descriptor, at the top of this stack.
-    std::size_t total = kServiceStackSize + util::kPageSize;
-    void *stack = ::mmap(nullptr, total, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED) throw_last_errno("mmap service stack");
-    service_stack_ = Mapping(stack, total);
-    ::mprotect(stack, util::kPageSize, PROT_NONE);  // guard page
-    pthread_attr_t attr;
-    ::pthread_attr_init(&attr);
-    ::pthread_attr_setstack(&attr, service_stack_.data() + util::kPageSize, kServiceStackSize);
-    // The service thread must not take the application's signals.
-    sigset_t all, previous;
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_SETMASK, &all, &previous);
-    int error = ::pthread_create(&service_, &attr, &UserBackend::service_main, this);
-    ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-    ::pthread_attr_destroy(&attr);
-    if (error != 0) throw_errno(error, "pthread_create");
-    service_running_ = true;
+    service_.emplace(library_stack_size(kServiceStackSize), [this](int stop) { serve(stop); });
+    thread_stacks_.push_back(service_->stack());
 }
 
-UserBackend::~UserBackend() {
-    // In a fork child the thread does not exist; its stack copy is simply unmapped.
-    if (service_running_) {
-        std::uint64_t one = 1;
-        if (::write(stop_.get(), &one, sizeof one) == sizeof one) ::pthread_join(service_, nullptr);
-    }
-}
+UserBackend::~UserBackend() = default;
 
 void UserBackend::after_fork_child() noexcept {
     mutex_.unlock();
+    backing_lock_.unlock();
     busy_.unlock();
     backing_.make_private_after_fork();
     // Attachments were not inherited (MADV_DONTFORK): forget them without unmapping.
-    // Descriptors close with the tables.
-    service_running_ = false;
+    // Descriptors close with the tables; our threads do not exist here.
+    service_->forget();
+    if (follower_) follower_->forget();
+    if (fetcher_) fetcher_->forget();
 }
 
 // ---- owner side: the application's calls ------------------------------------------
@@ -395,6 +385,7 @@ void UserBackend::remove(xpmem_segid_t segid) {
     // The owner takes its memory back from every file handed out under these grants only,
     // before it returns: a peer that kept descriptors reaches none of it any more.
     on_service([&] {
+        std::lock_guard lock(backing_lock_);
         backing_.forget_holders(
             [&](const Backing::Holder &holder) { return revoked_grants.count(holder) != 0; });
     });
@@ -522,6 +513,7 @@ void UserBackend::release(xpmem_apid_t apid) {
                 continue;
             }
             ::munmap(reinterpret_cast<void *>(it->first), it->second.size);
+            if (fetcher_ != nullptr) fetcher_->wake(it->first, it->first + it->second.size);
             it = attachments_.erase(it);
         }
         link = permit->second.link;
@@ -541,20 +533,38 @@ void UserBackend::release(xpmem_apid_t apid) {
     }
 }
 
-void UserBackend::map_sigbus(std::uintptr_t start, std::size_t size, int prot) {
-    // A raw system call: a revocation replaces pages while the application may be using
-    // them, by design (each access sees the old page or SIGBUS). ThreadSanitizer's mmap
-    // interceptor would count the mapping as a write racing with those accesses.
+// A raw system call: pieces and holes replace pages while the application may be using
+// them, by design (each access sees the old page, the new one or SIGBUS). ThreadSanitizer's
+// mmap interceptor would count the mapping as a write racing with those accesses.
+void map_fixed(std::uintptr_t start, std::size_t size, int prot, int flags, int fd,
+               std::uint64_t offset) {
     auto *at = reinterpret_cast<void *>(
-        ::syscall(SYS_mmap, start, size, prot, MAP_PRIVATE | MAP_FIXED, sigbus_.get(), 0));
-    if (at == MAP_FAILED) throw_last_errno("map hole");
+        ::syscall(SYS_mmap, start, size, prot, flags | MAP_FIXED, fd, offset));
+    if (at == MAP_FAILED) throw_last_errno("map attachment");
 }
 
-void UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
+void UserBackend::map_sigbus(std::uintptr_t start, std::size_t size, int prot) {
+    map_fixed(start, size, prot, MAP_PRIVATE, sigbus_.get(), 0);
+}
+
+Fetcher &UserBackend::fetcher() {
+    std::lock_guard lock(mutex_);
+    if (!fetcher_) {
+        fetcher_ = std::make_unique<Fetcher>([this](const Fault &fault) { resolve_fault(fault); });
+        thread_stacks_.push_back(fetcher_->stack());
+    }
+    return *fetcher_;
+}
+
+// Maps the pieces of `reply` from `at` + `mapped` on, at most up to `at` + `limit`. Holes
+// and the owner's converted memory are watched for faults (user/fetcher.hpp). Returns, if
+// `touched` lies in what it mapped, whether it lies in a hole.
+bool UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
                              std::span<const UniqueFd> fds, bool read_only, std::size_t limit,
-                             std::size_t &mapped) {
+                             std::size_t &mapped, std::optional<std::uintptr_t> touched) {
     if (reply.piece_count == 0 || reply.piece_count > protocol::kMaxPieces)
         throw_errno(EPROTO, "bad attach reply");
+    bool touched_hole = false;
     for (std::uint32_t i = 0; i < reply.piece_count; ++i) {
         const protocol::Piece &piece = reply.pieces[i];
         if (piece.length == 0 || !util::page_aligned(piece.length) ||
@@ -562,17 +572,88 @@ void UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &rep
             piece.fd_index >= static_cast<std::int32_t>(fds.size()))
             throw_errno(EPROTO, "bad attach piece");
         std::uintptr_t start = at + mapped;
-        int prot = PROT_READ | (piece.writable != 0 && !read_only ? PROT_WRITE : 0);
-        if (piece.fd_index < 0) {
-            map_sigbus(start, piece.length, prot);
+        std::uintptr_t end = start + piece.length;
+        bool hole = piece.fd_index < 0;
+        bool writable = !hole && (piece.flags & protocol::kPieceWritable) != 0;
+        int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+        if (hole) {
+            // Loads and stores alike ask the owner again, and get SIGBUS while nothing is
+            // there (resolve_fault).
+            map_fixed(start, piece.length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                      0);
+            if (fetcher_ == nullptr || fetcher_->watch(start, end) != 0)
+                map_sigbus(start, piece.length, prot);
+            if (touched && *touched >= start && *touched < end) touched_hole = true;
         } else {
-            void *got =
-                ::mmap(reinterpret_cast<void *>(start), piece.length, prot, MAP_SHARED | MAP_FIXED,
-                       fds[piece.fd_index].get(), static_cast<off_t>(piece.file_offset));
-            if (got == MAP_FAILED) throw_last_errno("map attachment");
+            map_fixed(start, piece.length, writable ? prot : PROT_READ, MAP_SHARED,
+                      fds[piece.fd_index].get(), piece.file_offset);
+            if ((piece.flags & protocol::kPieceFollowed) != 0 && fetcher_ != nullptr)
+                fetcher_->watch(start, end);
         }
         mapped += piece.length;
     }
+    return touched_hole;
+}
+
+// A thread touched a watched page of an attachment: what the owner maps there changed, or
+// it was a hole. Asks the owner for what it maps there now and maps it, or raises SIGBUS
+// in the thread if it is still a hole, then lets the thread try again.
+void UserBackend::resolve_fault(const Fault &fault) {
+    std::uintptr_t page = util::page_down(fault.address);
+    PermitRecord permit;
+    std::uintptr_t start = 0;
+    AttachmentRecord attachment{};
+    std::unique_lock lock(mutex_);
+    Fetcher &fetch = *fetcher_;
+    {
+        auto it = attachments_.upper_bound(page);
+        if (it == attachments_.begin() ||
+            page >= std::prev(it)->first + std::prev(it)->second.size ||
+            std::prev(it)->second.revoked || permits_.count(std::prev(it)->second.apid) == 0) {
+            fetch.wake(page, page + util::kPageSize);  // detached meanwhile: fault again
+            return;
+        }
+        --it;
+        start = it->first;
+        attachment = it->second;
+        permit = permits_.at(attachment.apid);
+    }
+    lock.unlock();
+    std::uintptr_t end = std::min(start + attachment.size, page + kFetchWindow);
+    std::vector<UniqueFd> fds;
+    protocol::AttachReply reply{};
+    int error = 0;
+    try {
+        reply = ask<protocol::AttachReply>(
+            *permit.link,
+            protocol::FaultRequest{.permit = permit.grant,
+                                   .offset = attachment.offset + (page - start),
+                                   .size = end - page},
+            &fds);
+        error = reply.error;
+    } catch (const std::system_error &failure) {
+        error = failure.code().value();
+    }
+    bool hole = true;
+    std::size_t mapped = 0;
+    lock.lock();
+    auto it = attachments_.find(start);
+    if (it == attachments_.end() || it->second.apid != attachment.apid || it->second.revoked) {
+        fetch.wake(page, end);  // detached or revoked meanwhile: fault again
+        return;
+    }
+    if (error == 0) {
+        try {
+            hole = map_pieces(page, reply, fds, attachment.prot == PROT_READ, end - page, mapped,
+                              fault.address);
+        } catch (const std::system_error &) {
+            map_sigbus(page, util::kPageSize, attachment.prot);  // a broken reply: no more asking
+        }
+    }
+    // The thread would never see a signal of ours: let the kernel raise it, for good.
+    if (hole && !Fetcher::raise_sigbus(fault)) map_sigbus(page, util::kPageSize, attachment.prot);
+    lock.unlock();
+    fetch.wake(page, std::max(end, page + util::kPageSize));
 }
 
 void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) {
@@ -594,6 +675,11 @@ void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t s
     }
     bool read_only = permit.flags == XPMEM_RDONLY;
     int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+    try {
+        fetcher();
+    } catch (const std::system_error &) {
+        // No userfaultfd here: the attachment shows what the owner had when it was made.
+    }
     Mapping range;
     if (at == nullptr) {
         void *reserved =
@@ -634,7 +720,7 @@ void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t s
     std::lock_guard lock(mutex_);
     // Released while we were mapping: the attachment has no permit to live by.
     if (permits_.count(apid) == 0) throw_errno(EINVAL, "xpmem_attach: permit released");
-    attachments_[start] = AttachmentRecord{size, apid, permit.segid, prot};
+    attachments_[start] = AttachmentRecord{size, offset, apid, permit.segid, prot};
     range.release();
     // Removed while we were mapping: revoke what we just made.
     if (revoked_.count(permit.segid) != 0) revoke_locked(permit.segid);
@@ -650,6 +736,7 @@ void UserBackend::detach(void *address) {
             target < std::prev(it)->first + std::prev(it)->second.size) {
             --it;
             ::munmap(reinterpret_cast<void *>(it->first), it->second.size);
+            if (fetcher_ != nullptr) fetcher_->wake(it->first, it->first + it->second.size);
             attachments_.erase(it);
             return;
         }
@@ -674,12 +761,14 @@ void UserBackend::revoke_locked(xpmem_segid_t segid) {
         map_sigbus(start, attachment.size, attachment.prot);
         ::madvise(reinterpret_cast<void *>(start), attachment.size, MADV_DONTFORK);
         attachment.revoked = true;
+        // Threads waiting in a fault there take the SIGBUS now.
+        if (fetcher_ != nullptr) fetcher_->wake(start, start + attachment.size);
     }
 }
 
 std::vector<Range> UserBackend::library_intervals_locked() const {
     std::vector<Range> ours;
-    ours.push_back({service_stack_.address(), service_stack_.address() + service_stack_.size()});
+    ours.insert(ours.end(), thread_stacks_.begin(), thread_stacks_.end());
     for (const auto &[start, attachment] : attachments_)
         ours.push_back({start, start + attachment.size});
     for (const auto &[start, size] : attaching_) ours.push_back({start, start + size});
@@ -690,12 +779,9 @@ std::vector<Range> UserBackend::library_intervals_locked() const {
 
 // ---- the service thread ------------------------------------------------------------
 
-void *UserBackend::service_main(void *self) {
-    static_cast<UserBackend *>(self)->serve();
-    return nullptr;
-}
-
-void UserBackend::serve() {
+void UserBackend::serve(int stop) {
+    epoll_event stop_event{EPOLLIN, {.u64 = kStopTag}};
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, stop, &stop_event) < 0) return;
     std::array<epoll_event, 16> events;
     bool listening = true;
     for (;;) {
@@ -783,6 +869,7 @@ void UserBackend::close_session(std::uint64_t tag) {
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.get(), nullptr);
         sessions_.erase(it);  // and with it every grant the peer held
     }
+    std::lock_guard lock(backing_lock_);
     backing_.forget_holders([&](const Backing::Holder &holder) { return holder.first == tag; });
 }
 
@@ -848,6 +935,7 @@ void UserBackend::serve_session(std::uint64_t tag) {
     };
     protocol::GetRequest get;
     protocol::AttachRequest attach;
+    protocol::FaultRequest fault;
     protocol::ReleaseRequest release;
     protocol::RevokeRequest revoke;
     if (header.magic != protocol::kMagic) {
@@ -855,12 +943,15 @@ void UserBackend::serve_session(std::uint64_t tag) {
     } else if (parse(get)) {
         handle_get(*session, get);
     } else if (parse(attach)) {
-        handle_attach(*session, attach);
+        handle_attach(*session, attach.permit, attach.offset, attach.size, false);
+    } else if (parse(fault)) {
+        handle_attach(*session, fault.permit, fault.offset, fault.size, true);
     } else if (parse(release)) {
         {
             std::lock_guard lock(mutex_);
             session->grants.erase(release.permit);
         }
+        std::lock_guard lock(backing_lock_);
         backing_.forget_holders([&](const Backing::Holder &holder) {
             return holder == Backing::Holder{tag, release.permit};
         });
@@ -895,7 +986,11 @@ void UserBackend::handle_get(Session &session, const protocol::GetRequest &reque
     send_message(session.socket.get(), bytes_of(reply), {}, true);
 }
 
-void UserBackend::handle_attach(Session &session, const protocol::AttachRequest &request) {
+// ATTACH and FAULT: describes [offset, offset + size) of the permit's segment; for a FAULT
+// (`populate`) with the page at `offset` present in the file, if it is the owner's
+// converted memory.
+void UserBackend::handle_attach(Session &session, std::uint64_t permit, std::uint64_t offset,
+                                std::uint64_t size, bool populate) {
     protocol::AttachReply reply{};
     reply.header = protocol::AttachReply{}.header;
     std::vector<UniqueFd> fds;
@@ -906,19 +1001,18 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     std::vector<std::uintptr_t> known_threads;
     {
         std::lock_guard lock(mutex_);
-        auto grant = session.grants.find(request.permit);
+        auto grant = session.grants.find(permit);
         auto segment =
             grant == session.grants.end() ? segments_.end() : segments_.find(grant->second.segid);
         if (segment == segments_.end()) {
             reply.error = ENOENT;
-        } else if (request.size == 0 || !util::page_aligned(request.offset) ||
-                   !util::page_aligned(request.size) || request.offset > segment->second.size ||
-                   request.size > segment->second.size - request.offset) {
+        } else if (size == 0 || !util::page_aligned(offset) || !util::page_aligned(size) ||
+                   offset > segment->second.size || size > segment->second.size - offset) {
             reply.error = EINVAL;
         } else {
             segment_range = {segment->first, segment->second.start, segment->second.size};
-            start = segment->second.start + request.offset;
-            end = start + request.size;
+            start = segment->second.start + offset;
+            end = start + size;
             read_only = grant->second.flags == XPMEM_RDONLY;
             ours = library_intervals_locked();
             known_threads.assign(known_threads_.begin(), known_threads_.end());
@@ -926,8 +1020,14 @@ void UserBackend::handle_attach(Session &session, const protocol::AttachRequest 
     }
     if (reply.error == 0) {
         try {
-            build_pieces(segment_range, {session.tag, request.permit}, start, end, read_only,
-                         session.peer, ours, known_threads, reply, fds);
+            std::lock_guard lock(backing_lock_);
+            if (!follower_) {
+                follower_.emplace(backing_, backing_lock_);
+                std::lock_guard tables(mutex_);
+                thread_stacks_.push_back(follower_->stack());
+            }
+            build_pieces(segment_range, {session.tag, permit}, start, end, read_only, session.peer,
+                         ours, known_threads, populate, reply, fds);
         } catch (const std::system_error &error) {
             reply.error = error.code().value();
             reply.piece_count = 0;
@@ -974,7 +1074,7 @@ bool safe_for_another_user(int fd, const struct stat &status, const PeerCredenti
 void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holder &holder,
                                std::uintptr_t start, std::uintptr_t end, bool read_only,
                                const PeerCredentials &peer, std::span<const Range> ours,
-                               std::span<const std::uintptr_t> known_threads,
+                               std::span<const std::uintptr_t> known_threads, bool populate,
                                protocol::AttachReply &reply, std::vector<UniqueFd> &fds) {
     std::vector<Vma> maps = read_maps();
     // Holes: the library's own mappings, which are not the application's memory, and the
@@ -988,19 +1088,21 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
     std::map<std::pair<const Backing::File *, bool>, int> file_index;
     std::size_t converted = 0;
     std::optional<std::vector<Range>> pinned;  // read when first needed
-    auto add = [&](std::uint64_t length, std::uint64_t file_offset, int fd_index, bool writable) {
+    auto add = [&](std::uint64_t length, std::uint64_t file_offset, int fd_index,
+                   std::uint32_t flags) {
         if (reply.piece_count > 0) {
             protocol::Piece &last = reply.pieces[reply.piece_count - 1];
             bool contiguous = fd_index < 0 || last.file_offset + last.length == file_offset;
-            if (last.fd_index == fd_index && last.writable == writable && contiguous) {
+            if (last.fd_index == fd_index && last.flags == flags && contiguous) {
                 last.length += length;
                 return;
             }
         }
         reply.pieces[reply.piece_count++] =
-            protocol::Piece{length, fd_index < 0 ? 0 : file_offset, fd_index, writable};
+            protocol::Piece{length, fd_index < 0 ? 0 : file_offset, fd_index, flags};
     };
-    auto hole = [&](std::uint64_t length) { add(length, 0, -1, false); };
+    auto hole = [&](std::uint64_t length) { add(length, 0, -1, 0); };
+    // The owner's converted memory: the attacher watches it for the owner's changes.
     auto file_piece = [&](Backing::File &file, std::uint64_t length, std::uint64_t file_offset,
                           bool writable) {
         auto [it, inserted] = file_index.try_emplace({&file, writable}, -1);
@@ -1008,7 +1110,12 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
             fds.push_back(backing_.descriptor(file, writable, holder));
             it->second = static_cast<int>(fds.size() - 1);
         }
-        add(length, file_offset, it->second, writable);
+        // The page a fault touched must be there for the fault to end (a page the owner
+        // never touched is not): allocate it, zeroed, as the owner's own touch would.
+        if (populate && reply.piece_count == 0)
+            ::fallocate(file.fd.get(), 0, static_cast<off_t>(file_offset), util::kPageSize);
+        add(length, file_offset, it->second,
+            protocol::kPieceFollowed | (writable ? protocol::kPieceWritable : 0));
     };
     // A file is written through only if the owner can write all of it wherever it maps it.
     auto owner_writes_all_of = [&](const Backing::File &file) {
@@ -1085,7 +1192,8 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
                 hole(length);
             } else {
                 fds.push_back(std::move(fd));
-                add(length, vma_offset, static_cast<int>(fds.size() - 1), writable);
+                add(length, vma_offset, static_cast<int>(fds.size() - 1),
+                    writable ? protocol::kPieceWritable : 0);
             }
         } else {
             // Private memory, or another segment's file nobody was given: make it this

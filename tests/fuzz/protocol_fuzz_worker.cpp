@@ -121,6 +121,7 @@ std::optional<wire::Type> request_type(const Message &message) {
         return std::nullopt;
     if (is_exactly<wire::GetRequest>(message)) return wire::Type::get;
     if (is_exactly<wire::AttachRequest>(message)) return wire::Type::attach;
+    if (is_exactly<wire::FaultRequest>(message)) return wire::Type::fault;
     if (is_exactly<wire::ReleaseRequest>(message)) return wire::Type::release;
     if (is_exactly<wire::RevokeRequest>(message)) return wire::Type::revoke;
     return std::nullopt;
@@ -282,6 +283,12 @@ class Fuzzer {
                 .attacher_key = static_cast<std::uint32_t>(d.raw())};
     }
 
+    // A FAULT has the fields of an ATTACH and is answered the same way.
+    wire::FaultRequest fault(Draws &d) {
+        wire::AttachRequest request = attach(d);
+        return {.permit = request.permit, .offset = request.offset, .size = request.size};
+    }
+
     wire::AttachRequest attach(Draws &d) {
         std::uint64_t permit = choose_permit(d);
         auto grant = main_.grants.find(permit);
@@ -343,13 +350,15 @@ class Fuzzer {
 
     // Any valid request.
     Message any_request(Draws &d, bool with_release = true) {
-        switch (d.below(with_release ? 4 : 3)) {
+        switch (d.below(with_release ? 5 : 4)) {
             case 0:
                 return Message::of(get(d));
             case 1:
                 return Message::of(attach(d));
             case 2:
                 return Message::of(revoke(d));
+            case 3:
+                return Message::of(fault(d));
             default:
                 return Message::of(release(d));
         }
@@ -677,7 +686,8 @@ class Fuzzer {
                     check_get(c, request, *body);
                 return;
             }
-            case wire::Type::attach: {
+            case wire::Type::attach:
+            case wire::Type::fault: {
                 if (auto body = reply_as<wire::AttachReply>(request, reply, fds, true))
                     check_attach(c, request, *body, fds);
                 return;
@@ -777,15 +787,15 @@ class Fuzzer {
             const wire::Piece &piece = reply.pieces[i];
             std::string where = fmt::format(
                 "piece {} (length {:#x}, file offset {:#x}, fd {}, "
-                "writable {}) of {}",
-                i, piece.length, piece.file_offset, piece.fd_index, piece.writable,
-                describe(request));
+                "flags {}) of {}",
+                i, piece.length, piece.file_offset, piece.fd_index, piece.flags, describe(request));
             if (piece.length == 0 || piece.length % kPage != 0 || piece.length > end - at ||
                 piece.fd_index >= static_cast<std::int32_t>(fds.size()) || piece.fd_index < -1) {
                 failure("malformed " + where);
                 return;
             }
-            if (read_only && piece.writable != 0) failure("writable " + where + " for RDONLY");
+            if (read_only && (piece.flags & wire::kPieceWritable) != 0)
+                failure("writable " + where + " for RDONLY");
             if (piece.fd_index < 0) {
                 bool in_hole = spec.hole_page != kNoHole && at >= spec.hole_page * kPage &&
                                at + piece.length <= (spec.hole_page + 1) * kPage;
