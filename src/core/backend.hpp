@@ -35,6 +35,10 @@ class Backend {
     virtual void before_fork() noexcept = 0;
     virtual void after_fork_parent() noexcept = 0;
     virtual void after_fork_child() noexcept = 0;
+    // In a child made by a raw fork system call (no atfork handler ran), at its first call
+    // into the library: the backend is destroyed right after, as after after_fork_child(),
+    // but its locks are in whatever state the parent's threads left them.
+    virtual void after_raw_fork_child() noexcept = 0;
 };
 
 }  // namespace xpmem::core

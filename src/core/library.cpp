@@ -52,8 +52,14 @@ class Library {
   public:
     Backend &backend() {
         std::lock_guard lock(mutex_);
+        if (backend_ && backend_pid_ != ::getpid()) {
+            // A raw fork system call's child: no atfork handler dropped the parent's backend.
+            backend_->after_raw_fork_child();
+            backend_.reset();
+        }
         if (!backend_) {
             backend_ = select_backend();
+            backend_pid_ = ::getpid();
             std::call_once(atfork_registered_, [] {
                 ::pthread_atfork(&Library::prepare, &Library::parent, &Library::child);
             });
@@ -88,6 +94,7 @@ class Library {
 
     std::mutex mutex_;
     std::unique_ptr<Backend> backend_;
+    pid_t backend_pid_ = 0;  // the process backend_ was made in
     std::once_flag atfork_registered_;
 };
 

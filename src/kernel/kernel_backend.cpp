@@ -65,6 +65,7 @@ class KernelBackend final : public core::Backend {
     void before_fork() noexcept override {}
     void after_fork_parent() noexcept override {}
     void after_fork_child() noexcept override {}
+    void after_raw_fork_child() noexcept override {}
 
   private:
     void call(unsigned long command, void *argument, const char *what) {

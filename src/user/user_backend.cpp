@@ -167,6 +167,7 @@ class UserBackend final : public Backend {
         busy_.unlock();
     }
     void after_fork_child() noexcept override;
+    void after_raw_fork_child() noexcept override;
 
   private:
     // service thread
@@ -308,6 +309,11 @@ void UserBackend::after_fork_child() noexcept {
     mutex_.unlock();
     backing_lock_.unlock();
     busy_.unlock();
+    after_raw_fork_child();
+}
+
+// Takes no lock: a thread of the parent may have held any of them at the fork.
+void UserBackend::after_raw_fork_child() noexcept {
     backing_.make_private_after_fork();
     // Attachments were not inherited (MADV_DONTFORK): forget them without unmapping.
     // Descriptors close with the tables; our threads do not exist here.
