@@ -32,8 +32,11 @@ class Fetcher {
     int watch(std::uintptr_t start, std::uintptr_t end) const noexcept;
     // Lets the threads waiting in faults on [start, end) try again.
     void wake(std::uintptr_t start, std::uintptr_t end) const noexcept;
-    // Raises SIGBUS in `fault`'s thread, as the kernel does for an access it cannot serve.
-    // False if that thread blocks or ignores SIGBUS: the caller must make the page raise it.
+    // Raises SIGBUS in `fault`'s thread for its access: si_addr is the page touched, and
+    // si_code is SI_QUEUE (only the kernel or the thread itself may send BUS_ADRERR). The
+    // signal ends the thread's wait; should the thread return from a handler, its access
+    // faults and asks again. False if the thread blocks SIGBUS or the process ignores it:
+    // the caller must let the kernel raise it (a page that raises it for good).
     static bool raise_sigbus(const Fault &fault) noexcept;
 
     Range stack() const { return thread_ ? thread_->stack() : Range{0, 0}; }
@@ -46,6 +49,7 @@ class Fetcher {
 
     util::UniqueFd uffd_;
     std::function<void(const Fault &)> resolve_;
+
     std::optional<LibraryThread> thread_;
 };
 

@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,7 +21,6 @@
 
 #include "util/error.hpp"
 #include "util/mapping.hpp"
-#include "util/sanitizer.hpp"
 
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)  // Linux 6.7
@@ -155,9 +155,18 @@ std::int64_t now_ns() {
 
 // ---- copying -----------------------------------------------------------------------
 
+// Copies [from, from + length) of this process's memory to `to`, through the kernel: an
+// application thread may unmap the source meanwhile (false then), which must not crash
+// the thread that converts. Allocates nothing.
+bool copy_from_self(std::byte *to, std::uintptr_t from, std::size_t length) {
+    iovec local{to, length};
+    iovec remote{reinterpret_cast<void *>(from), length};
+    return ::process_vm_readv(::getpid(), &local, 1, &remote, 1, 0) == static_cast<ssize_t>(length);
+}
+
 // Copies the pages of [start, start + length) that hold data (all of them unless
-// `entries` is given) to `to`. Allocates nothing.
-void copy_pages(std::uintptr_t start, std::size_t length, std::byte *to,
+// `entries` is given) to `to`; false if the source went away. Allocates nothing.
+bool copy_pages(std::uintptr_t start, std::size_t length, std::byte *to,
                 const std::uint64_t *entries) {
     std::size_t pages = length / kPageSize;
     std::size_t page = 0;
@@ -172,17 +181,17 @@ void copy_pages(std::uintptr_t start, std::size_t length, std::byte *to,
         }
         std::size_t run = page;
         while (run < pages && holds_data(run)) ++run;
-        util::copy_pages_unchecked(to + page * kPageSize,
-                                   reinterpret_cast<const void *>(start + page * kPageSize),
-                                   (run - page) * kPageSize);
+        if (!copy_from_self(to + page * kPageSize, start + page * kPageSize,
+                            (run - page) * kPageSize))
+            return false;
         page = run;
     }
+    return true;
 }
 
-// Copies the parts of [start, start + length), a mapping of `fd` at `file_offset`, that
-// hold data in the file to `to`: reading a tmpfs hole through a mapping would allocate it.
-void copy_file_data(int fd, std::uint64_t file_offset, std::uintptr_t start, std::size_t length,
-                    std::byte *to) {
+// Copies the parts of [file_offset, file_offset + length) of `fd` that hold data to `to`
+// (the holes stay holes: reading them would allocate them); false if it could not.
+bool copy_file_data(int fd, std::uint64_t file_offset, std::size_t length, std::byte *to) {
     auto from = static_cast<off_t>(file_offset);
     auto limit = static_cast<off_t>(file_offset + length);
     constexpr auto kPage = static_cast<off_t>(kPageSize);
@@ -194,10 +203,16 @@ void copy_file_data(int fd, std::uint64_t file_offset, std::uintptr_t start, std
         off_t end = data + kPage;
         while (end < limit && ::lseek(fd, end, SEEK_DATA) == end) end += kPage;
         auto skip = static_cast<std::size_t>(data - static_cast<off_t>(file_offset));
-        util::copy_pages_unchecked(to + skip, reinterpret_cast<const void *>(start + skip),
-                                   static_cast<std::size_t>(end - data));
+        auto want = static_cast<std::size_t>(end - data);
+        for (std::size_t done = 0; done < want;) {
+            ssize_t got =
+                ::pread(fd, to + skip + done, want - done, data + static_cast<off_t>(done));
+            if (got <= 0) return false;
+            done += static_cast<std::size_t>(got);
+        }
         from = end;
     }
+    return true;
 }
 
 // Where converted bytes come from: private anonymous memory, copied where the pagemap says
@@ -207,12 +222,13 @@ struct Source {
     const Pagemap *pagemap;  // anonymous memory; null: copy every page
     int fd = -1;             // the file `vma` maps, if it is ours
 
-    // Copies [start, start + length) to `to`. Allocates nothing.
-    void copy(std::uintptr_t start, std::size_t length, std::byte *to) const {
-        if (fd >= 0) return copy_file_data(fd, vma.offset + (start - vma.start), start, length, to);
+    // Copies [start, start + length) to `to`; false if the source went away meanwhile
+    // (another thread of the owner unmapped it). Allocates nothing.
+    bool copy(std::uintptr_t start, std::size_t length, std::byte *to) const {
+        if (fd >= 0) return copy_file_data(fd, vma.offset + (start - vma.start), length, to);
         std::array<std::uint64_t, kPagesPerStep> entries;
         if (pagemap != nullptr) pagemap->read(start, std::span(entries.data(), length / kPageSize));
-        copy_pages(start, length, to, pagemap != nullptr ? entries.data() : nullptr);
+        return copy_pages(start, length, to, pagemap != nullptr ? entries.data() : nullptr);
     }
 };
 
@@ -248,7 +264,7 @@ void convert_step_unprotected(int backing, std::uint64_t file_offset, const Sour
                               std::uintptr_t start, std::uintptr_t end) {
     std::size_t length = end - start;
     Mapping copy = map_backing(backing, file_offset, length);
-    source.copy(start, length, copy.data());
+    if (!source.copy(start, length, copy.data())) throw_errno(EAGAIN, "memory changed");
     if (int error = move_over(copy, start, source.vma.protection()))
         throw_errno(error, "conversion");
 }
@@ -266,9 +282,13 @@ void convert_step_protected(const WriteProtector &uffd, const Source &source, in
     }
     int error = uffd.protect(start, length, true);
     if (error == 0) {
-        // Writers now block; nothing below allocates or locks.
-        source.copy(start, length, copy.data());
-        error = move_over(copy, start, source.vma.protection());
+        // Writers now block; nothing below allocates or locks. Another thread of the owner
+        // may still unmap or replace the range: the copy then fails, or the range is no
+        // longer all registered (protecting it again fails), and nothing moves over it.
+        if (!source.copy(start, length, copy.data()) || uffd.protect(start, length, true) != 0)
+            error = EAGAIN;
+        else
+            error = move_over(copy, start, source.vma.protection());
         if (error == 0) uffd.wake(start, length);
     }
     if (error != 0) {
@@ -311,8 +331,8 @@ void convert_guarded(int backing, std::uint64_t offset, const Source &source, st
         if (::mprotect(reinterpret_cast<void *>(cursor), length, protection & ~PROT_WRITE) < 0)
             error = errno;
         if (error == 0) {
-            source.copy(cursor, length, copy.data());
-            error = move_over(copy, cursor, protection);
+            error = source.copy(cursor, length, copy.data()) ? move_over(copy, cursor, protection)
+                                                             : EAGAIN;
             if (error != 0) ::mprotect(reinterpret_cast<void *>(cursor), length, protection);
         }
         guard_window.closed_at = now_ns();
@@ -497,22 +517,42 @@ void Backing::punch_followed(std::uintptr_t start, std::uintptr_t end) noexcept 
     }
 }
 
+// A minor fault: the page is still there (map it), or punched by now (wake the thread: its
+// fault then finds no page and gets a fresh one). False while events wait to be read: no
+// fault is resolved before them.
+bool Backing::resolve_minor(std::uintptr_t page) noexcept {
+    uffdio_continue resolve{{page, kPageSize}, 0, 0};
+    if (::ioctl(follow_.get(), UFFDIO_CONTINUE, &resolve) == 0) return true;
+    if (errno == EAGAIN) return false;
+    wake_page(page);
+    return true;
+}
+
 void Backing::follow_message() noexcept {
     uffd_msg message{};
     if (::read(follow_.get(), &message, sizeof message) != sizeof message) return;
-    if (message.event == UFFD_EVENT_REMOVE) {
-        punch_followed(message.arg.remove.start, message.arg.remove.end);
-    } else if (message.event == UFFD_EVENT_PAGEFAULT) {
-        // A minor fault: the page is still there (map it), or punched by now (wake the
-        // thread: its fault then finds no page and gets a fresh one).
+    if (message.event == UFFD_EVENT_PAGEFAULT) {
         std::uintptr_t page = util::page_down(message.arg.pagefault.address);
-        uffdio_continue resolve{{page, kPageSize}, 0, 0};
-        if (::ioctl(follow_.get(), UFFDIO_CONTINUE, &resolve) < 0) {
-            uffdio_range range{page, kPageSize};
-            ::ioctl(follow_.get(), UFFDIO_WAKE, &range);
+        if (!resolve_minor(page)) {
+            if (waiting_minor_count_ < waiting_minor_.size())
+                waiting_minor_[waiting_minor_count_++] = page;
+            else  // no room: the thread faults again (and maybe waits for an event again)
+                wake_page(page);
         }
+        return;
     }
+    if (message.event == UFFD_EVENT_REMOVE)
+        punch_followed(message.arg.remove.start, message.arg.remove.end);
     // Unmaps and remaps: follow_unmapped() saw their effect before the message was read.
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < waiting_minor_count_; ++i)
+        if (!resolve_minor(waiting_minor_[i])) waiting_minor_[kept++] = waiting_minor_[i];
+    waiting_minor_count_ = kept;
+}
+
+void Backing::wake_page(std::uintptr_t page) noexcept {
+    uffdio_range range{page, kPageSize};
+    ::ioctl(follow_.get(), UFFDIO_WAKE, &range);
 }
 
 Backing::File *Backing::file_of(const Vma &vma) {
@@ -645,8 +685,7 @@ void Backing::make_private_after_fork() noexcept {
             if (file == nullptr) continue;
             std::size_t length = vma.end - vma.start;
             Mapping copy = map_backing(-1, 0, length);
-            if (!vma.readable) ::mprotect(reinterpret_cast<void *>(vma.start), length, PROT_READ);
-            copy_file_data(file->fd.get(), vma.offset, vma.start, length, copy.data());
+            if (!copy_file_data(file->fd.get(), vma.offset, length, copy.data())) continue;
             move_over(copy, vma.start, vma.protection());
         }
     } catch (...) {

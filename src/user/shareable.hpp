@@ -27,6 +27,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -125,11 +126,16 @@ class Backing {
     bool follow_gone(ino_t inode, File &file, std::uintptr_t start, std::uintptr_t end,
                      std::span<const MapEntry> maps) noexcept;
     void punch_followed(std::uintptr_t start, std::uintptr_t end) noexcept;
+    bool resolve_minor(std::uintptr_t page) noexcept;
+    void wake_page(std::uintptr_t page) noexcept;
 
     std::map<ino_t, File> files_;  // all memfds live on one device
     util::UniqueFd follow_;
     std::uint64_t follow_mode_ = 0;  // UFFDIO_REGISTER_MODE_MINOR, or _WP where only that works
     MapsSnapshot maps_;
+    // Minor faults read while events were still pending, resolved after them.
+    std::array<std::uintptr_t, 64> waiting_minor_{};
+    std::size_t waiting_minor_count_ = 0;
 };
 
 // Forgets a closed guard window once its stragglers have been served; true while one is

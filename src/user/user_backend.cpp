@@ -83,6 +83,8 @@ constexpr std::chrono::milliseconds kRevokeTimeout{2000};
 // (XPMEM_USER_TIMEOUT_MS overrides it). A reply converts at most kMaxConvertPerReply.
 constexpr std::chrono::milliseconds kDefaultRequestTimeout{10000};
 constexpr std::size_t kMaxConvertPerReply = std::size_t{256} << 20;
+// Memory the owner changes while it is being converted is described again, so many times.
+constexpr int kConvertAttempts = 4;
 constexpr std::uint64_t kStopTag = 0;
 constexpr std::uint64_t kListenTag = 1;
 constexpr std::uint64_t kWorkTag = 2;
@@ -198,7 +200,8 @@ class UserBackend final : public Backend {
     bool map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
                     std::span<const UniqueFd> fds, bool read_only, std::size_t limit,
                     std::size_t &mapped, std::optional<std::uintptr_t> touched = {});
-    void resolve_fault(const Fault &fault);
+    void resolve_fault(const Fault &fault) noexcept;
+    void fetch_for(const Fault &fault);
     Fetcher &fetcher();
     void revoke_locked(xpmem_segid_t segid);
     void map_sigbus(std::uintptr_t start, std::size_t size, int prot);
@@ -593,7 +596,9 @@ bool UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &rep
         } else {
             map_fixed(start, piece.length, writable ? prot : PROT_READ, MAP_SHARED,
                       fds[piece.fd_index].get(), piece.file_offset);
-            if ((piece.flags & protocol::kPieceFollowed) != 0 && fetcher_ != nullptr)
+            // userfaultfd registers only mappings that could be made writable: a read-only
+            // piece does not follow the owner (README, limits).
+            if ((piece.flags & protocol::kPieceFollowed) != 0 && writable && fetcher_ != nullptr)
                 fetcher_->watch(start, end);
         }
         mapped += piece.length;
@@ -602,9 +607,20 @@ bool UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &rep
 }
 
 // A thread touched a watched page of an attachment: what the owner maps there changed, or
-// it was a hole. Asks the owner for what it maps there now and maps it, or raises SIGBUS
-// in the thread if it is still a hole, then lets the thread try again.
-void UserBackend::resolve_fault(const Fault &fault) {
+// it was a hole. Asks the owner for what it maps there now and maps it, or raises SIGBUS in
+// the thread if it is still a hole (or the owner fails to answer); then lets the thread
+// try again.
+void UserBackend::resolve_fault(const Fault &fault) noexcept {
+    try {
+        fetch_for(fault);
+    } catch (const std::exception &) {
+        // Out of memory, say: the thread tries again.
+        std::lock_guard lock(mutex_);
+        fetcher_->wake(util::page_down(fault.address), util::page_down(fault.address) + 4096);
+    }
+}
+
+void UserBackend::fetch_for(const Fault &fault) {
     std::uintptr_t page = util::page_down(fault.address);
     PermitRecord permit;
     std::uintptr_t start = 0;
@@ -640,6 +656,7 @@ void UserBackend::resolve_fault(const Fault &fault) {
     } catch (const std::system_error &failure) {
         error = failure.code().value();
     }
+    if (error == EAGAIN) return fetch.wake(page, page + util::kPageSize);  // it faults again
     bool hole = true;
     std::size_t mapped = 0;
     lock.lock();
@@ -653,10 +670,10 @@ void UserBackend::resolve_fault(const Fault &fault) {
             hole = map_pieces(page, reply, fds, attachment.prot == PROT_READ, end - page, mapped,
                               fault.address);
         } catch (const std::system_error &) {
-            map_sigbus(page, util::kPageSize, attachment.prot);  // a broken reply: no more asking
+            // A broken reply: the access fails.
         }
     }
-    // The thread would never see a signal of ours: let the kernel raise it, for good.
+    // The thread would never take a signal of ours: let the kernel raise it, for good.
     if (hole && !Fetcher::raise_sigbus(fault)) map_sigbus(page, util::kPageSize, attachment.prot);
     lock.unlock();
     fetch.wake(page, std::max(end, page + util::kPageSize));
@@ -1032,8 +1049,15 @@ void UserBackend::handle_attach(Session &session, std::uint64_t permit, std::uin
                 std::lock_guard tables(mutex_);
                 thread_stacks_.push_back(follower_->stack());
             }
-            build_pieces(segment_range, {session.tag, permit}, start, end, read_only, session.peer,
-                         ours, known_threads, populate, reply, fds);
+            for (int attempt = 1;; ++attempt) {
+                try {
+                    build_pieces(segment_range, {session.tag, permit}, start, end, read_only,
+                                 session.peer, ours, known_threads, populate, reply, fds);
+                    break;
+                } catch (const std::system_error &error) {
+                    if (error.code().value() != EAGAIN || attempt == kConvertAttempts) throw;
+                }
+            }
         } catch (const std::system_error &error) {
             reply.error = error.code().value();
             reply.piece_count = 0;
@@ -1211,7 +1235,16 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
                     return range.start < piece_end && cursor < range.end;
                 }))
                 throw_errno(EBUSY, "memory pinned by io_uring");
-            Backing::File &target = backing_.make_shareable(segment, *vma, cursor, piece_end, maps);
+            Backing::File *made = nullptr;
+            try {
+                made = &backing_.make_shareable(segment, *vma, cursor, piece_end, maps);
+            } catch (const std::system_error &error) {
+                // Another thread of the owner changed the memory meanwhile: answer what is
+                // described so far, or try again from its new mappings (handle_attach).
+                if (error.code().value() == EAGAIN && reply.piece_count > 0) break;
+                throw;
+            }
+            Backing::File &target = *made;
             converted += length;
             file_piece(target, length, cursor - segment.start,
                        !read_only && target.writable_memory);
