@@ -2,7 +2,7 @@
 // the kernel collapsing pages into a huge page, migrating a page to another NUMA node,
 // another process truncating a file the owner maps. An existing attachment must show the
 // owner's current memory afterwards, never the pages that were there before. (Changes the
-// owner makes itself: test_limits.cpp; copy-on-write after the owner forks: test_fork.cpp.)
+// owner makes itself: test_follow.cpp; copy-on-write after the owner forks: test_fork.cpp.)
 
 #include <fcntl.h>
 #include <linux/mempolicy.h>
