@@ -33,7 +33,7 @@ Fetcher::Fetcher(std::function<void(const Fault &)> resolve) : resolve_(std::mov
         if (::ioctl(uffd_.get(), UFFDIO_API, &api) == 0) break;
         if (errno != EINVAL || features == UFFD_FEATURE_THREAD_ID) throw_last_errno("UFFDIO_API");
     }
-    thread_.emplace(library_stack_size(256 * 1024), [this](int stop) { run(stop); });
+    thread_.emplace("xpmem-fetch", library_stack_size(256 * 1024), [this](int stop) { run(stop); });
 }
 
 int Fetcher::watch(std::uintptr_t start, std::uintptr_t end) const noexcept {

@@ -9,7 +9,8 @@ namespace xpmem::user {
 Follower::Follower(Backing &backing, std::mutex &backing_lock)
     : backing_(backing), backing_lock_(backing_lock) {
     if (backing_.follow_fd() >= 0)
-        thread_.emplace(library_stack_size(256 * 1024), [this](int stop) { run(stop); });
+        thread_.emplace("xpmem-follow", library_stack_size(256 * 1024),
+                        [this](int stop) { run(stop); });
 }
 
 // Allocates nothing: the thread that waits for a message may hold the allocator's lock.
@@ -23,8 +24,7 @@ void Follower::run(int stop) {
         if (fds[1].revents != 0) return;
         if ((fds[0].revents & POLLIN) == 0) continue;
         std::lock_guard lock(backing_lock_);
-        backing_.follow_unmapped();
-        backing_.follow_message();
+        backing_.follow_pending();
     }
 }
 

@@ -18,7 +18,8 @@ std::size_t library_stack_size(std::size_t wanted) {
     return util::kThreadSanitizer ? std::size_t{8} << 20 : wanted;
 }
 
-LibraryThread::LibraryThread(std::size_t stack_size, std::function<void(int stop)> body)
+LibraryThread::LibraryThread(const char *name, std::size_t stack_size,
+                             std::function<void(int stop)> body)
     : body_(std::move(body)), stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
     if (!stop_) throw_last_errno("eventfd");
     // Fork children must inherit the stack: glibc's fork unlinks the forking thread from a
@@ -39,6 +40,7 @@ LibraryThread::LibraryThread(std::size_t stack_size, std::function<void(int stop
     ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
     ::pthread_attr_destroy(&attr);
     if (error != 0) throw_errno(error, "pthread_create");
+    ::pthread_setname_np(thread_, name);
     running_ = true;
 }
 

@@ -16,9 +16,10 @@ namespace xpmem::user {
 
 class LibraryThread {
   public:
-    // Runs `body(stop)` on a new thread; `stop` is an eventfd that becomes readable when
-    // the object is destroyed, and the body must then return.
-    LibraryThread(std::size_t stack_size, std::function<void(int stop)> body);
+    // Runs `body(stop)` on a new thread named `name` (at most 15 characters, as `ps`
+    // shows it); `stop` is an eventfd that becomes readable when the object is destroyed,
+    // and the body must then return.
+    LibraryThread(const char *name, std::size_t stack_size, std::function<void(int stop)> body);
     LibraryThread(const LibraryThread &) = delete;
     LibraryThread &operator=(const LibraryThread &) = delete;
     ~LibraryThread();

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -36,6 +37,19 @@ using util::throw_last_errno;
 using util::UniqueFd;
 
 constexpr std::uintptr_t kStep = 2 << 20;
+
+void punch(int fd, std::uint64_t offset, std::uint64_t length) noexcept {
+    ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                static_cast<off_t>(length));
+}
+
+// A step that failed leaves nothing in the file it copied into (`backing`, if not private
+// memory): the owner does not map those bytes there, and an attacher must not see them.
+[[noreturn]] void fail_step(int error, int backing, std::uint64_t offset, std::size_t length,
+                            const char *what) {
+    if (backing >= 0) punch(backing, offset, length);
+    throw_errno(error, what);
+}
 constexpr std::size_t kPagesPerStep = kStep / kPageSize;
 
 std::uintptr_t step_end(std::uintptr_t cursor, std::uintptr_t end) {
@@ -44,11 +58,12 @@ std::uintptr_t step_end(std::uintptr_t cursor, std::uintptr_t end) {
 
 // ---- userfaultfd -------------------------------------------------------------------
 
-// Catches only user-mode faults when that is all it may: without privilege,
-// vm.unprivileged_userfaultfd = 0 allows no more.
-UniqueFd open_userfaultfd() {
-    int fd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
-    if (fd < 0 && errno == EPERM) {
+// Catches only user-mode faults when that is all it may (without privilege,
+// vm.unprivileged_userfaultfd = 0 allows no more), or when `user_mode_only`.
+UniqueFd open_userfaultfd(bool user_mode_only = false) {
+    int fd =
+        user_mode_only ? -1 : static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    if (fd < 0 && (errno == EPERM || user_mode_only)) {
         fd = static_cast<int>(
             ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
     }
@@ -232,15 +247,18 @@ struct Source {
     }
 };
 
-// A mapping of `fd` at `offset` (private anonymous memory if `fd` < 0) to copy into, not
-// inherited by fork children.
-Mapping map_backing(int fd, std::uint64_t offset, std::size_t length) {
+// A mapping of `fd` at `offset` (private anonymous memory if `fd` < 0) to copy
+// [start, start + length) into, not inherited by fork children. EAGAIN if the kernel put it
+// where that range was: another thread of the owner unmapped the range meanwhile.
+Mapping map_backing(int fd, std::uint64_t offset, std::size_t length, std::uintptr_t start) {
     void *at = fd < 0 ? ::mmap(nullptr, length, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
                       : ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
                                static_cast<off_t>(offset));
     if (at == MAP_FAILED) throw_last_errno("mmap backing");
     Mapping mapping(at, length);
+    if (mapping.address() < start + length && start < mapping.address() + length)
+        throw_errno(EAGAIN, "memory changed");
     ::madvise(at, length, MADV_DONTFORK);
     return mapping;
 }
@@ -263,16 +281,17 @@ int move_over(Mapping &copy, std::uintptr_t start, int prot) noexcept {
 void convert_step_unprotected(int backing, std::uint64_t file_offset, const Source &source,
                               std::uintptr_t start, std::uintptr_t end) {
     std::size_t length = end - start;
-    Mapping copy = map_backing(backing, file_offset, length);
-    if (!source.copy(start, length, copy.data())) throw_errno(EAGAIN, "memory changed");
+    Mapping copy = map_backing(backing, file_offset, length, start);
+    if (!source.copy(start, length, copy.data()))
+        fail_step(EAGAIN, backing, file_offset, length, "memory changed");
     if (int error = move_over(copy, start, source.vma.protection()))
-        throw_errno(error, "conversion");
+        fail_step(error, backing, file_offset, length, "conversion");
 }
 
 void convert_step_protected(const WriteProtector &uffd, const Source &source, int backing,
                             std::uint64_t file_offset, std::uintptr_t start, std::uintptr_t end) {
     std::size_t length = end - start;
-    Mapping copy = map_backing(backing, file_offset, length);
+    Mapping copy = map_backing(backing, file_offset, length, start);
     if (int error = uffd.register_range(start, length)) throw_errno(error, "UFFDIO_REGISTER");
     if (!uffd.unpopulated &&
         ::madvise(reinterpret_cast<void *>(start), length, MADV_POPULATE_READ) < 0) {
@@ -294,7 +313,7 @@ void convert_step_protected(const WriteProtector &uffd, const Source &source, in
     if (error != 0) {
         uffd.protect(start, length, false);
         uffd.unregister_range(start, length);
-        throw_errno(error, "write-protected conversion");
+        fail_step(error, backing, file_offset, length, "write-protected conversion");
     }
 }
 
@@ -323,7 +342,7 @@ void convert_guarded(int backing, std::uint64_t offset, const Source &source, st
     for (std::uintptr_t cursor = start; cursor < end;) {
         std::uintptr_t next = step_end(cursor, end);
         std::size_t length = next - cursor;
-        Mapping copy = map_backing(backing, offset + (cursor - start), length);
+        Mapping copy = map_backing(backing, offset + (cursor - start), length, cursor);
         guard_window.start = cursor;
         guard_window.end = next;
         guard_window.open = true;
@@ -337,7 +356,8 @@ void convert_guarded(int backing, std::uint64_t offset, const Source &source, st
         }
         guard_window.closed_at = now_ns();
         guard_window.open = false;
-        if (error != 0) throw_errno(error, "guarded conversion");
+        if (error != 0)
+            fail_step(error, backing, offset + (cursor - start), length, "guarded conversion");
         cursor = next;
     }
 }
@@ -386,7 +406,10 @@ Backing::Backing() {
             follow_mode_ = UFFDIO_REGISTER_MODE_WP;
         }
         if (mode_feature == 0 || (supported & kEvents) != kEvents) return;
-        UniqueFd fd = open_userfaultfd();
+        // User-mode faults only, also for root: the threads of the library read the
+        // owner's memory through the kernel (process_vm_readv) while holding the lock the
+        // follower needs, so a kernel-mode fault must fail (EFAULT), not wait for it.
+        UniqueFd fd = open_userfaultfd(true);
         uffdio_api api{UFFD_API, kEvents | mode_feature, 0};
         if (::ioctl(fd.get(), UFFDIO_API, &api) == 0) follow_ = std::move(fd);
     } catch (const std::system_error &) {
@@ -411,11 +434,6 @@ void add_range(std::map<std::uintptr_t, std::uintptr_t> &ranges, std::uintptr_t 
         it = ranges.erase(it);
     }
     ranges.emplace(start, end);
-}
-
-void punch(int fd, std::uint64_t offset, std::uint64_t length) noexcept {
-    ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
-                static_cast<off_t>(length));
 }
 
 }  // namespace
@@ -614,11 +632,29 @@ Backing::File &Backing::make_shareable(const SegmentRange &segment, const Vma &v
         throw_last_errno("punch segment file");
     // Our own replacement of a followed range must not wait for its own event.
     if (source != nullptr) unfollow(start, end);
-    convert(target.fd.get(), offset, vma, start, end, source != nullptr ? source->fd.get() : -1);
-    if (source != nullptr)  // the range left that file: free its copy there
-        punch(source->fd.get(), vma.offset + (start - vma.start), end - start);
-    follow(target, start, end);
+    // Step by step, each followed at once, and the owner's unmaps that came meanwhile
+    // followed in between: an unmap must not wait for a long conversion.
+    for (std::uintptr_t cursor = start; cursor < end;) {
+        std::uintptr_t next = step_end(cursor, end);
+        convert(target.fd.get(), offset + (cursor - start), vma, cursor, next,
+                source != nullptr ? source->fd.get() : -1);
+        if (source != nullptr)  // the range left that file: free its copy there
+            punch(source->fd.get(), vma.offset + (cursor - vma.start), next - cursor);
+        follow(target, cursor, next);
+        follow_pending();
+        cursor = next;
+    }
     return target;
+}
+
+void Backing::follow_pending() noexcept {
+    constexpr int kMostAtOnce = 64;
+    for (int i = 0; i < kMostAtOnce && follow_; ++i) {
+        pollfd ready{follow_.get(), POLLIN, 0};
+        if (::poll(&ready, 1, 0) <= 0 || (ready.revents & POLLIN) == 0) return;
+        follow_unmapped();
+        follow_message();
+    }
 }
 
 UniqueFd Backing::descriptor(File &file, bool writable, const Holder &holder) {
@@ -684,7 +720,7 @@ void Backing::make_private_after_fork() noexcept {
             File *file = file_of(vma);
             if (file == nullptr) continue;
             std::size_t length = vma.end - vma.start;
-            Mapping copy = map_backing(-1, 0, length);
+            Mapping copy = map_backing(-1, 0, length, vma.start);
             if (!copy_file_data(file->fd.get(), vma.offset, length, copy.data())) continue;
             move_over(copy, vma.start, vma.protection());
         }

@@ -111,6 +111,8 @@ class Backing {
     void follow_unmapped() noexcept;
     // Reads and acts on one message of follow_fd(), if one is pending.
     void follow_message() noexcept;
+    // Both, for every message pending now.
+    void follow_pending() noexcept;
 
     // In a fork child: gives every mapping of our files private copy-on-write semantics
     // again by copying it into private anonymous memory in place.

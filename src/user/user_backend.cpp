@@ -302,7 +302,8 @@ UserBackend::UserBackend()
     };
     watch(listen_.get(), kListenTag);
     watch(work_.get(), kWorkTag);
-    service_.emplace(library_stack_size(kServiceStackSize), [this](int stop) { serve(stop); });
+    service_.emplace("xpmem-service", library_stack_size(kServiceStackSize),
+                     [this](int stop) { serve(stop); });
     thread_stacks_.push_back(service_->stack());
 }
 
@@ -1097,6 +1098,16 @@ bool safe_for_another_user(int fd, const struct stat &status, const PeerCredenti
            !permitted(peer, Owner{status.st_uid, status.st_gid}, status.st_mode & 0777, XPMEM_RDWR);
 }
 
+// Whether `vma` is still mapped as it was.
+bool still_mapped(const Vma &vma) {
+    std::vector<Vma> maps = read_maps();
+    return std::any_of(maps.begin(), maps.end(), [&](const Vma &now) {
+        return now.start == vma.start && now.end == vma.end && now.inode == vma.inode &&
+               now.offset == vma.offset && now.protection() == vma.protection() &&
+               now.shared == vma.shared;
+    });
+}
+
 // Describes [start, end) of `segment` as pieces an attacher maps, converting private
 // memory on the way. Every descriptor reaches only memory of `segment` (shareable.hpp).
 // Fills a prefix when the reply runs out of pieces or descriptors, or once it has
@@ -1116,6 +1127,7 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
               [](const Range &a, const Range &b) { return a.start < b.start; });
     backing_.forget_unmapped(maps);
     std::map<std::pair<const Backing::File *, bool>, int> file_index;
+    std::uintptr_t cursor = start;
     std::size_t converted = 0;
     std::optional<std::vector<Range>> pinned;  // read when first needed
     auto add = [&](std::uint64_t length, std::uint64_t file_offset, int fd_index,
@@ -1158,7 +1170,6 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
                from - segment.start <= segment.size - length;
     };
 
-    std::uintptr_t cursor = start;
     while (cursor < end && reply.piece_count < protocol::kMaxPieces &&
            fds.size() + 2 <= protocol::kMaxFds && converted < kMaxConvertPerReply) {
         auto vma = std::upper_bound(maps.begin(), maps.end(), cursor,
@@ -1239,10 +1250,12 @@ void UserBackend::build_pieces(const SegmentRange &segment, const Backing::Holde
             try {
                 made = &backing_.make_shareable(segment, *vma, cursor, piece_end, maps);
             } catch (const std::system_error &error) {
-                // Another thread of the owner changed the memory meanwhile: answer what is
-                // described so far, or try again from its new mappings (handle_attach).
-                if (error.code().value() == EAGAIN && reply.piece_count > 0) break;
-                throw;
+                // Another thread of the owner changed the memory meanwhile (the conversion
+                // says so, or the mapping is not what it was): answer what is described so
+                // far, or try again from its new mappings (handle_attach).
+                if (error.code().value() != EAGAIN && still_mapped(*vma)) throw;
+                if (reply.piece_count > 0) break;
+                throw_errno(EAGAIN, "memory changed");
             }
             Backing::File &target = *made;
             converted += length;
