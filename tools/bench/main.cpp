@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "follow.hpp"
 #include "measure.hpp"
 #include "report.hpp"
 
@@ -126,6 +127,8 @@ int main(int argc, char **argv) {
     info.settings = settings;
     for (int i = 0; i < argc; ++i) info.command += (i ? " " : "") + std::string(argv[i]);
     std::vector<bench::Figure> figures = bench::run_all(settings, info.backend);
+    std::vector<bench::Figure> followed = bench::follow_figures(settings);
+    figures.insert(figures.end(), followed.begin(), followed.end());
     std::vector<bench::Target> goals = bench::targets(figures);
 
     std::fputs(

@@ -92,6 +92,16 @@ std::vector<Target> targets(const std::vector<Figure> &figures) {
     if (attach && floor)
         add("attach + first touch of 1 GiB / mmap(MAP_POPULATE) + touch",
             paired_ratio(*attach, *floor), 1.5, false);
+    // The owner's rate of allocating and freeing while followed, against a process that never
+    // used XPMEM: the ratio of rates is alone / followed of the times.
+    for (const Figure &followed : figures) {
+        static const std::string kSuffix = ", attached owner";
+        if (followed.kind != "follow" || !followed.mechanism.ends_with(kSuffix)) continue;
+        std::string what = followed.mechanism.substr(0, followed.mechanism.size() - kSuffix.size());
+        if (auto alone = find(figures, "follow", what + ", no XPMEM", followed.size))
+            add("rate while followed / no XPMEM: " + what, paired_ratio(*alone, followed), 0.5,
+                true);
+    }
     return result;
 }
 
@@ -161,6 +171,30 @@ std::string table(const std::vector<Figure> &figures, const std::vector<Target> 
                     human_size(figure.size), figure.value.median * 1e3, copy->value.median * 1e3,
                     figure.value.median / copy->value.median);
 
+    if (!sizes_of(figures, "follow").empty()) {
+        out +=
+            "\nThe owner's cost of being followed, microseconds per round (median): release a\n"
+            "buffer, allocate and touch a new one, in an owner whose memory is attached and in\n"
+            "a process that never used XPMEM, taking turns\n";
+        for (const Figure &followed : figures) {
+            static const std::string kSuffix = ", attached owner";
+            if (followed.kind != "follow" || !followed.mechanism.ends_with(kSuffix)) continue;
+            std::string what =
+                followed.mechanism.substr(0, followed.mechanism.size() - kSuffix.size());
+            auto alone = find(figures, "follow", what + ", no XPMEM", followed.size);
+            if (alone == nullptr) continue;
+            out += fmt::format("  {:<46} {:>9.1f} attached {:>9.1f} alone (rate ratio {:.2f})\n",
+                               what, followed.value.median * 1e6, alone->value.median * 1e6,
+                               paired_ratio(*alone, followed));
+        }
+    }
+    if (auto latency = find(figures, "follow-latency",
+                            "replacement to the attacher seeing the new memory", 1 << 20))
+        out += fmt::format(
+            "Owner replaces a 1 MiB buffer (mmap MAP_FIXED) -> attacher reads the new bytes "
+            "through its attachment: {:.1f} us (median)\n",
+            latency->value.median * 1e6);
+
     out += "\nTargets (ratios from this run)\n";
     for (const Target &goal : goals)
         out += fmt::format("  {:<66} {:>7.2f}  (target {} {:.2f}) {}\n", goal.figure, goal.measured,
@@ -185,7 +219,9 @@ std::string json(const RunInfo &info, const std::vector<Figure> &figures,
                          {"attach-populate", "s/MiB"},
                          {"attach-faults", "faults/MiB"},
                          {"convert", "s/GiB"},
-                         {"convert-memcpy", "s/GiB"}};
+                         {"convert-memcpy", "s/GiB"},
+                         {"follow", "s/round"},
+                         {"follow-latency", "s"}};
     nlohmann::json list = nlohmann::json::array();
     for (const Figure &figure : figures)
         list.push_back({{"kind", figure.kind},
