@@ -182,6 +182,7 @@ void check_text(const char *address, const std::string &expected, const char *fi
 // attacher, and the attacher runs `after` as its first access since.
 struct Change {
     std::size_t pages = 1;
+    xpmem::Access access = xpmem::Access::read_write;
     std::function<void(char *)> prepare = [](char *) {};
     std::function<void(char *)> before = [](char *) {};
     std::function<void(char *)> change = [](char *) {};
@@ -203,7 +204,7 @@ void follow(const Change &steps) {
     });
     xt::Process attacher([&] {
         catch_faults();
-        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>(), steps.access);
         auto view = permit.attach(0, steps.pages * kPage);
         auto *bytes = reinterpret_cast<char *>(view.data());
         for (std::size_t offset = 0; offset < view.size(); offset += kPage)
@@ -266,6 +267,27 @@ TEST_P(Follow, MunmapThenMmapFixedShowsTheNewBytes) {
                 write_text(memory, "new");
             },
         .after = [](char *view) { CHILD_CHECK_TEXT(view, "new"); },
+    });
+}
+
+// A read-only attachment of the user backend does not follow: userfaultfd registers only
+// mappings that could be made writable, and a read-only one must not be (mprotect to
+// writable fails with EACCES). Once the owner unmaps the memory, the attachment shows
+// zeroes there (never the old bytes), until an attach or fault of a read-write permit
+// makes the new memory shareable (README, limits).
+TEST_P(Follow, ReadOnlyAttachmentShowsZeroesWhereTheOwnerReplacedItsMemory) {
+    bool user = user_backend();
+    follow({
+        .access = xpmem::Access::read_only,
+        .prepare = [](char *memory) { write_text(memory, "old"); },
+        .before = [](char *view) { CHILD_CHECK_TEXT(view, "old"); },
+        .change =
+            [](char *memory) {
+                CHILD_CHECK(munmap(memory, kPage) == 0);
+                map_fresh(memory);
+                write_text(memory, "new");
+            },
+        .after = [user](char *view) { CHILD_CHECK_TEXT(view, user ? "" : "new"); },
     });
 }
 

@@ -129,8 +129,9 @@ TEST_P(Stress, AttachersFaultWhileTheOwnerRemapsAndRemoves) {
         mmap(nullptr, sizeof(Board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     ASSERT_NE(shared, MAP_FAILED);
     auto *board = new (shared) Board;
-    // The user backend loses the owner's stores when the owner replaces memory that is
-    // being made shareable (README, Limits): there the owner only rewrites its memory.
+    // With the user backend the owner only rewrites its memory (README, limits): a store
+    // can still be lost when the owner maps over memory in the instant a conversion moves
+    // its copy there, and mremap(MREMAP_DONTUNMAP) fails on converted memory (shmem).
     bool remap = !user_backend();
 
     std::vector<xt::Process> processes;
