@@ -53,14 +53,15 @@ int main(int argc, char **argv) {
         if (figure["kind"] == "bandwidth") mechanisms.insert(figure["mechanism"]);
     }
     for (const char *kind : {"bandwidth", "latency", "pingpong", "attach", "attach-floor",
-                             "attach-populate", "attach-faults"})
+                             "attach-populate", "attach-faults", "follow", "follow-latency"})
         check(kinds.count(kind) == 1, std::string("figures of kind ") + kind);
     if (run["backend"] == "user")  // only the user backend makes memory shareable
         for (const char *kind : {"convert", "convert-memcpy"})
             check(kinds.count(kind) == 1, std::string("figures of kind ") + kind);
     for (const char *mechanism : {"xpmem", "cma", "shm-2copy", "memcpy"})
         check(mechanisms.count(mechanism) == 1, std::string("bandwidth of ") + mechanism);
-    check(run["targets"].size() == 7, "all seven target figures are reported");
+    // Seven of transfer and attach, four of the owner's cost of being followed.
+    check(run["targets"].size() == 11, "all eleven target figures are reported");
     for (const auto &target : run["targets"])
         for (const char *field : {"figure", "measured", "bound", "at_least", "met"})
             check(target.contains(field), std::string("target field ") + field);
