@@ -71,6 +71,8 @@ run_suite() {  # $1: label, rest: command prefix
 
 failed=0
 FILTER=$(cat /filter)
+XPMEM_TEST_CACHE_ROUNDS=$(cat /cache-rounds)
+export XPMEM_TEST_CACHE_ROUNDS
 # shellcheck disable=SC2046 # the arguments are words
 [ -x /debug ] && { timeout 900 /debug $(cat /debug-arguments); echo "guest: debug exit $?"; }
 cd /tmp

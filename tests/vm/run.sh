@@ -190,6 +190,9 @@ for kernel in $kernels; do
         options="sysctl.kernel.hung_task_timeout_secs=600 loglevel=5 kasan_multi_shot log_buf_len=8M"
     fi
     echo "$watchdog" >"$initramfs/watchdog"
+    # The cache-pattern tests (test_follow) run 10,000 rounds natively; under emulation
+    # that alone would take most of an hour.
+    echo "${XPMEM_VM_CACHE_ROUNDS:-500}" >"$initramfs/cache-rounds"
     (cd "$initramfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs-$name.cpio.gz"
 
     log=$work/serial-$name.log
