@@ -1,28 +1,27 @@
-// The user backend: segments served by a per-process service thread over Unix sockets,
-// private memory made shareable in place on attach (user/shareable.hpp).
+// The user backend: the owner's role (segments, served by a per-process service thread
+// over Unix sockets, private memory made shareable in place: user/shareable.hpp, described
+// by user/range_description.hpp) and the service thread itself; the attacher's role is
+// user/attacher.hpp.
 //
-// Threads of the library: the service thread answers peers and converts memory; the
-// follower (user/follower.hpp) follows the owner's unmaps; the fetcher (user/fetcher.hpp)
-// resolves faults on attachments by asking their owners.
+// Threads of the library: the service thread answers peers, converts memory and watches
+// the links to owners; the follower (user/follower.hpp) follows the owner's unmaps; the
+// attacher's fetcher (user/fetcher.hpp) resolves faults on attachments.
 //
 // Locking, in this order: `busy_` is held by the service thread while it handles an event,
 // and by fork. `backing_lock_` guards backing_ (the service thread while it converts or
-// takes back, the follower while it follows). `mutex_` guards all tables; it is never held
-// while waiting on another process, and never while memory is being converted (a writer
-// blocked by the conversion may hold it). A Link's own mutex serialises request/reply pairs
-// on that connection and is taken without `mutex_` held. Sessions (connections from peers)
-// are created, read and closed only by the service thread; their grants are in `mutex_`.
+// takes back, the follower while it follows). `mutex_` guards the owner's tables; it is
+// never held while waiting on another process, and never while memory is being converted
+// (a writer blocked by the conversion may hold it). The attacher's lock comes last.
+// Sessions (connections from peers) are created, read and closed only by the service
+// thread; their grants are in `mutex_`.
 
 #include "user/user_backend.hpp"
 
-#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,8 +40,8 @@
 
 #include "core/library.hpp"
 #include "user/address_space.hpp"
+#include "user/attacher.hpp"
 #include "user/channel.hpp"
-#include "user/fetcher.hpp"
 #include "user/follower.hpp"
 #include "user/library_thread.hpp"
 #include "user/permission.hpp"
@@ -63,8 +62,6 @@ using util::throw_last_errno;
 using util::UniqueFd;
 
 constexpr std::size_t kServiceStackSize = 512 * 1024;
-// A fault asks the owner for at most this much from the page touched.
-constexpr std::size_t kFetchWindow = std::size_t{1} << 20;
 // Peers are bounded so that they can neither exhaust the owner's memory nor starve its
 // application of descriptors: sessions take at most a quarter of RLIMIT_NOFILE (within
 // these bounds), another uid at most a quarter of those, a session at most
@@ -114,30 +111,6 @@ struct Session {
     std::uint64_t next_grant = 1;
 };
 
-// A connection from this process to an owner's service.
-struct Link {
-    std::uint64_t owner;  // protocol::owner_of() of its segids
-    UniqueFd socket;
-    std::mutex mutex;   // one request/reply at a time
-    unsigned owed = 0;  // guarded by `mutex`: replies that did not come in time
-};
-
-struct PermitRecord {
-    xpmem_segid_t segid;
-    int flags;
-    std::uint64_t grant;
-    std::shared_ptr<Link> link;
-};
-
-struct AttachmentRecord {
-    std::size_t size;
-    std::uint64_t offset;  // into the segment
-    xpmem_apid_t apid;
-    xpmem_segid_t segid;
-    int prot;
-    bool revoked = false;
-};
-
 class UserBackend final : public Backend {
   public:
     UserBackend();
@@ -147,10 +120,16 @@ class UserBackend final : public Backend {
     int version() override { return XPMEM_USER_BACKEND_FLAG | XPMEM_USER_BACKEND_VERSION; }
     xpmem_segid_t make(std::uintptr_t address, std::size_t size, mode_t mode) override;
     void remove(xpmem_segid_t segid) override;
-    xpmem_apid_t get(xpmem_segid_t segid, int flags) override;
-    void release(xpmem_apid_t apid) override;
-    void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) override;
-    void detach(void *address) override;
+    xpmem_apid_t get(xpmem_segid_t segid, int flags) override {
+        note_caller();
+        return attacher_->get(segid, flags);
+    }
+    void release(xpmem_apid_t apid) override { attacher_->release(apid); }
+    void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) override {
+        note_caller();
+        return attacher_->attach(apid, offset, size, at);
+    }
+    void detach(void *address) override { attacher_->detach(address); }
 
     // A fork waits until the service and the follower are idle: the child gets no
     // half-converted range, and no lock they held mid-way (a sanitizer's allocator lock).
@@ -158,8 +137,10 @@ class UserBackend final : public Backend {
         busy_.lock();
         backing_lock_.lock();
         mutex_.lock();
+        attacher_->tables_lock().lock();
     }
     void after_fork_parent() noexcept override {
+        attacher_->tables_lock().unlock();
         mutex_.unlock();
         backing_lock_.unlock();
         busy_.unlock();
@@ -177,27 +158,18 @@ class UserBackend final : public Backend {
                        std::uint64_t size, bool populate);
     void handle_revoke(Session &session, const protocol::RevokeRequest &request);
     void close_session(std::uint64_t tag);
-    void owner_gone(std::uint64_t owner);
     void run_work();
     // Runs `work` on the service thread and waits for it: memory is converted there only.
     void on_service(std::function<void()> work);
     bool session_allowed_locked(const PeerCredentials &peer) const;
     std::size_t grants_of_uid_locked(uid_t uid) const;
 
-    // attacher side
-    std::shared_ptr<Link> link_to(xpmem_segid_t segid);
-    template <class Reply, class Request>
-    Reply ask(Link &link, const Request &request, std::vector<UniqueFd> *fds = nullptr);
-    bool map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
-                    std::span<const UniqueFd> fds, bool read_only, std::size_t limit,
-                    std::size_t &mapped, std::optional<std::uintptr_t> touched = {});
-    void resolve_fault(const Fault &fault) noexcept;
-    void fetch_for(const Fault &fault);
-    Fetcher &fetcher();
-    void revoke_locked(xpmem_segid_t segid);
-    void map_sigbus(std::uintptr_t start, std::size_t size, int prot);
     std::vector<Range> library_intervals_locked() const;
     void note_caller_locked() { known_threads_.insert(current_thread_pointer()); }
+    void note_caller() {
+        std::lock_guard lock(mutex_);
+        note_caller_locked();
+    }
 
     const pid_t pid_;
     const std::uint64_t start_;  // our start time, carried in our segids
@@ -205,7 +177,6 @@ class UserBackend final : public Backend {
     const Owner self_;
     const std::chrono::milliseconds request_timeout_;
     const std::size_t max_sessions_;
-    UniqueFd sigbus_;  // empty sealed memfd: every touch of a mapping of it is SIGBUS
     UniqueFd listen_;
     UniqueFd epoll_;
     UniqueFd work_;  // eventfd: work_queue_ has something
@@ -219,18 +190,13 @@ class UserBackend final : public Backend {
     std::map<xpmem_segid_t, SegmentRecord> segments_;
     std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
     std::uint64_t next_session_tag_ = kFirstSessionTag;
-    std::map<std::uint64_t, std::shared_ptr<Link>> links_;  // by protocol::owner_of()
-    std::map<xpmem_apid_t, PermitRecord> permits_;
-    std::map<std::uintptr_t, AttachmentRecord> attachments_;
-    std::map<std::uintptr_t, std::size_t> attaching_;  // ranges being mapped by attach()
-    std::set<xpmem_segid_t> revoked_;                  // only segids we hold permits for
     std::vector<std::function<void()>> work_queue_;
     std::uint64_t work_queued_ = 0, work_done_ = 0;
     std::condition_variable work_finished_;
     Backing backing_;                                                 // guarded by backing_lock_
     std::set<std::uintptr_t> known_threads_{loading_thread_pointer};  // callers' thread pointers
     std::vector<Range> thread_stacks_;  // of our threads; guarded by mutex_
-    std::unique_ptr<Fetcher> fetcher_;  // made on the first attach; guarded by mutex_
+    std::optional<Attacher> attacher_;  // made once our service's key is drawn
     // Last, so that they stop first: they use everything above.
     std::optional<Follower> follower_;  // made on the first conversion, by the service thread
     std::optional<LibraryThread> service_;
@@ -270,10 +236,6 @@ UserBackend::UserBackend()
       request_timeout_(request_timeout_from_environment()),
       max_sessions_(session_budget()),
       next_serial_(random_number()) {
-    sigbus_.reset(static_cast<int>(::memfd_create("xpmem-hole", MFD_CLOEXEC | MFD_ALLOW_SEALING)));
-    if (!sigbus_) throw_last_errno("memfd_create");
-    if (::fcntl(sigbus_.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
-        throw_last_errno("seal hole file");
     // Someone may have bound a name first (by chance or to keep us from starting): draw
     // another key.
     for (std::uint32_t draw = 0; !listen_; ++draw) {
@@ -285,6 +247,14 @@ UserBackend::UserBackend()
         }
     }
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    attacher_.emplace(Attacher::Config{pid_, key_, request_timeout_},
+                      [this](int socket, std::uint64_t owner, bool add) {
+                          // The service thread watches for the owner's end: its exit
+                          // revokes everything.
+                          epoll_event event{EPOLLRDHUP, {.u64 = kLinkTag | owner}};
+                          ::epoll_ctl(epoll_.get(), add ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, socket,
+                                      &event);
+                      });
     work_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!epoll_ || !work_) throw_last_errno("epoll/eventfd");
     auto watch = [&](int fd, std::uint64_t tag) {
@@ -314,7 +284,7 @@ void UserBackend::after_raw_fork_child() noexcept {
     // Descriptors close with the tables; our threads do not exist here.
     service_->forget();
     if (follower_) follower_->forget();
-    if (fetcher_) fetcher_->forget();
+    attacher_->forget_threads();
 }
 
 // ---- owner side: the application's calls ------------------------------------------
@@ -381,8 +351,8 @@ void UserBackend::remove(xpmem_segid_t segid) {
                 it = session->grants.erase(it);
             }
         }
-        if (ours) revoke_locked(segid);
     }
+    if (ours) attacher_->revoke(segid);
     // The owner takes its memory back from every file handed out under these grants only,
     // before it returns: a peer that kept descriptors reaches none of it any more.
     on_service([&] {
@@ -414,379 +384,10 @@ void UserBackend::remove(xpmem_segid_t segid) {
     }
 }
 
-// ---- attacher side: the application's calls ----------------------------------------
-
-std::shared_ptr<Link> UserBackend::link_to(xpmem_segid_t segid) {
-    std::uint64_t owner = protocol::owner_of(segid);
-    {
-        std::lock_guard lock(mutex_);
-        if (auto it = links_.find(owner); it != links_.end()) return it->second;
-    }
-    UniqueFd socket;
-    try {
-        socket = connect_to_owner(segid);
-    } catch (const std::system_error &error) {
-        if (error.code().value() == ENOMEM) throw;
-        throw_errno(ENOENT, "no such owner");
-    }
-    std::lock_guard lock(mutex_);
-    auto [it, inserted] = links_.try_emplace(owner, nullptr);
-    if (inserted) {
-        it->second = std::make_shared<Link>();
-        it->second->owner = owner;
-        it->second->socket = std::move(socket);
-        // The service thread watches for the owner's end: its exit revokes everything.
-        epoll_event event{EPOLLRDHUP, {.u64 = kLinkTag | owner}};
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, it->second->socket.get(), &event);
-    }
-    return it->second;
-}
-
-// One request and its reply on `link`, waiting at most request_timeout_ for each. An owner
-// that does not answer in time is ETIMEDOUT; its reply is owed, and the next request first
-// waits for it and throws it away (releasing the permit a late GET reply granted). The
-// owner being gone is ENOENT, a broken reply EPROTO; after either the link is dropped and
-// the next call connects afresh.
-template <class Reply, class Request>
-Reply UserBackend::ask(Link &link, const Request &request, std::vector<UniqueFd> *fds) {
-    std::lock_guard lock(link.mutex);
-    int error = ENOENT;
-    try {
-        for (; link.owed > 0; --link.owed) {
-            if (!wait_readable(link.socket.get(), request_timeout_))
-                throw_errno(ETIMEDOUT, "owner did not answer in time");
-            alignas(protocol::AttachReply) std::byte late[sizeof(protocol::AttachReply)];
-            std::vector<UniqueFd> late_fds;
-            std::size_t size = receive_message(link.socket.get(), late, &late_fds);
-            if (size == 0) throw_errno(ECONNRESET, "owner gone");
-            protocol::GetReply granted;
-            if (size == sizeof granted) {
-                std::memcpy(&granted, late, sizeof granted);
-                if (granted.header.type == protocol::Type::get_reply && granted.error == 0)
-                    send_message(link.socket.get(),
-                                 bytes_of(protocol::ReleaseRequest{.permit = granted.permit}), {},
-                                 true);
-            }
-        }
-        send_message(link.socket.get(), bytes_of(request), {}, true);
-        ++link.owed;
-        if (!wait_readable(link.socket.get(), request_timeout_))
-            throw_errno(ETIMEDOUT, "owner did not answer in time");
-        --link.owed;
-        return receive_exactly<Reply>(link.socket.get(), fds);
-    } catch (const std::system_error &failure) {
-        if (failure.code().value() == ETIMEDOUT) throw;
-        if (failure.code().value() == EPROTO) error = EPROTO;
-    }
-    {
-        std::lock_guard tables(mutex_);
-        auto it = links_.find(link.owner);
-        if (it != links_.end() && it->second.get() == &link) {
-            ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, link.socket.get(), nullptr);
-            links_.erase(it);
-        }
-    }
-    throw_errno(error, "owner gone");
-}
-
-xpmem_apid_t UserBackend::get(xpmem_segid_t segid, int flags) {
-    std::shared_ptr<Link> link = link_to(segid);
-    auto reply = ask<protocol::GetReply>(
-        *link, protocol::GetRequest{.segid = segid, .flags = flags, .attacher_key = key_});
-    if (reply.error != 0) throw_errno(reply.error, "xpmem_get");
-    std::lock_guard lock(mutex_);
-    note_caller_locked();
-    xpmem_apid_t apid = protocol::make_apid(next_serial_++, pid_);
-    permits_.emplace(apid, PermitRecord{segid, flags, reply.permit, std::move(link)});
-    return apid;
-}
-
-void UserBackend::release(xpmem_apid_t apid) {
-    std::shared_ptr<Link> link;
-    std::uint64_t grant;
-    {
-        std::lock_guard lock(mutex_);
-        auto permit = permits_.find(apid);
-        if (permit == permits_.end()) throw_errno(EINVAL, "xpmem_release: unknown permit");
-        for (auto it = attachments_.begin(); it != attachments_.end();) {
-            if (it->second.apid != apid) {
-                ++it;
-                continue;
-            }
-            ::munmap(reinterpret_cast<void *>(it->first), it->second.size);
-            if (fetcher_ != nullptr) fetcher_->wake(it->first, it->first + it->second.size);
-            it = attachments_.erase(it);
-        }
-        link = permit->second.link;
-        grant = permit->second.grant;
-        xpmem_segid_t segid = permit->second.segid;
-        permits_.erase(permit);
-        if (std::none_of(permits_.begin(), permits_.end(),
-                         [&](const auto &p) { return p.second.segid == segid; }))
-            revoked_.erase(segid);
-    }
-    std::lock_guard lock(link->mutex);
-    try {
-        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}), {},
-                     true);
-    } catch (const std::system_error &) {
-        // The owner is gone or not reading; it forgets the grant when the link closes.
-    }
-}
-
-// A raw system call: pieces and holes replace pages while the application may be using
-// them, by design (each access sees the old page, the new one or SIGBUS). ThreadSanitizer's
-// mmap interceptor would count the mapping as a write racing with those accesses.
-void map_fixed(std::uintptr_t start, std::size_t size, int prot, int flags, int fd,
-               std::uint64_t offset) {
-    auto *at = reinterpret_cast<void *>(
-        ::syscall(SYS_mmap, start, size, prot, flags | MAP_FIXED, fd, offset));
-    if (at == MAP_FAILED) throw_last_errno("map attachment");
-}
-
-void UserBackend::map_sigbus(std::uintptr_t start, std::size_t size, int prot) {
-    map_fixed(start, size, prot, MAP_PRIVATE, sigbus_.get(), 0);
-}
-
-Fetcher &UserBackend::fetcher() {
-    std::lock_guard lock(mutex_);
-    if (!fetcher_) {
-        fetcher_ = std::make_unique<Fetcher>([this](const Fault &fault) { resolve_fault(fault); });
-        thread_stacks_.push_back(fetcher_->stack());
-    }
-    return *fetcher_;
-}
-
-// Maps the pieces of `reply` from `at` + `mapped` on, at most up to `at` + `limit`. Holes
-// and the owner's converted memory are watched for faults (user/fetcher.hpp). Returns, if
-// `touched` lies in what it mapped, whether it lies in a hole.
-bool UserBackend::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
-                             std::span<const UniqueFd> fds, bool read_only, std::size_t limit,
-                             std::size_t &mapped, std::optional<std::uintptr_t> touched) {
-    if (reply.piece_count == 0 || reply.piece_count > protocol::kMaxPieces)
-        throw_errno(EPROTO, "bad attach reply");
-    bool touched_hole = false;
-    for (std::uint32_t i = 0; i < reply.piece_count; ++i) {
-        const protocol::Piece &piece = reply.pieces[i];
-        if (piece.length == 0 || !util::page_aligned(piece.length) ||
-            !util::page_aligned(piece.file_offset) || piece.length > limit - mapped ||
-            piece.fd_index >= static_cast<std::int32_t>(fds.size()))
-            throw_errno(EPROTO, "bad attach piece");
-        std::uintptr_t start = at + mapped;
-        std::uintptr_t end = start + piece.length;
-        bool hole = piece.fd_index < 0;
-        bool writable = !hole && (piece.flags & protocol::kPieceWritable) != 0;
-        int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
-        if (hole) {
-            // Loads and stores alike ask the owner again, and get SIGBUS while nothing is
-            // there (resolve_fault).
-            map_fixed(start, piece.length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
-                      0);
-            if (fetcher_ == nullptr || fetcher_->watch(start, end) != 0)
-                map_sigbus(start, piece.length, prot);
-            if (touched && *touched >= start && *touched < end) touched_hole = true;
-        } else {
-            map_fixed(start, piece.length, writable ? prot : PROT_READ, MAP_SHARED,
-                      fds[piece.fd_index].get(), piece.file_offset);
-            // userfaultfd registers only mappings that could be made writable: a read-only
-            // piece does not follow the owner (README, limits).
-            if ((piece.flags & protocol::kPieceFollowed) != 0 && writable && fetcher_ != nullptr)
-                fetcher_->watch(start, end);
-        }
-        mapped += piece.length;
-    }
-    return touched_hole;
-}
-
-// A thread touched a watched page of an attachment: what the owner maps there changed, or
-// it was a hole. Asks the owner for what it maps there now and maps it, or raises SIGBUS in
-// the thread if it is still a hole (or the owner fails to answer); then lets the thread
-// try again.
-void UserBackend::resolve_fault(const Fault &fault) noexcept {
-    try {
-        fetch_for(fault);
-    } catch (const std::exception &) {
-        // Out of memory, say: the thread tries again.
-        std::lock_guard lock(mutex_);
-        fetcher_->wake(util::page_down(fault.address), util::page_down(fault.address) + 4096);
-    }
-}
-
-void UserBackend::fetch_for(const Fault &fault) {
-    std::uintptr_t page = util::page_down(fault.address);
-    PermitRecord permit;
-    std::uintptr_t start = 0;
-    AttachmentRecord attachment{};
-    std::unique_lock lock(mutex_);
-    Fetcher &fetch = *fetcher_;
-    {
-        auto it = attachments_.upper_bound(page);
-        if (it == attachments_.begin() ||
-            page >= std::prev(it)->first + std::prev(it)->second.size ||
-            std::prev(it)->second.revoked || permits_.count(std::prev(it)->second.apid) == 0) {
-            fetch.wake(page, page + util::kPageSize);  // detached meanwhile: fault again
-            return;
-        }
-        --it;
-        start = it->first;
-        attachment = it->second;
-        permit = permits_.at(attachment.apid);
-    }
-    lock.unlock();
-    std::uintptr_t end = std::min(start + attachment.size, page + kFetchWindow);
-    std::vector<UniqueFd> fds;
-    protocol::AttachReply reply{};
-    int error = 0;
-    try {
-        reply = ask<protocol::AttachReply>(
-            *permit.link,
-            protocol::FaultRequest{.permit = permit.grant,
-                                   .offset = attachment.offset + (page - start),
-                                   .size = end - page},
-            &fds);
-        error = reply.error;
-    } catch (const std::system_error &failure) {
-        error = failure.code().value();
-    }
-    if (error == EAGAIN) return fetch.wake(page, page + util::kPageSize);  // it faults again
-    bool hole = true;
-    std::size_t mapped = 0;
-    lock.lock();
-    auto it = attachments_.find(start);
-    if (it == attachments_.end() || it->second.apid != attachment.apid || it->second.revoked) {
-        fetch.wake(page, end);  // detached or revoked meanwhile: fault again
-        return;
-    }
-    if (error == 0) {
-        try {
-            hole = map_pieces(page, reply, fds, attachment.prot == PROT_READ, end - page, mapped,
-                              fault.address);
-        } catch (const std::system_error &) {
-            // A broken reply: the access fails.
-        }
-    }
-    // The thread would never take a signal of ours: let the kernel raise it, for good.
-    if (hole && !Fetcher::raise_sigbus(fault)) map_sigbus(page, util::kPageSize, attachment.prot);
-    lock.unlock();
-    fetch.wake(page, std::max(end, page + util::kPageSize));
-}
-
-void *UserBackend::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) {
-    PermitRecord permit;
-    {
-        std::lock_guard lock(mutex_);
-        note_caller_locked();
-        auto it = permits_.find(apid);
-        if (it == permits_.end()) throw_errno(EINVAL, "xpmem_attach: unknown permit");
-        permit = it->second;
-        if (revoked_.count(permit.segid) != 0) throw_errno(ENOENT, "xpmem_attach: removed");
-        if (at != nullptr) {
-            auto start = reinterpret_cast<std::uintptr_t>(at);
-            auto next = attachments_.lower_bound(start + size);
-            if (next != attachments_.begin() &&
-                std::prev(next)->first + std::prev(next)->second.size > start)
-                throw_errno(EINVAL, "xpmem_attach: over an attachment");
-        }
-    }
-    bool read_only = permit.flags == XPMEM_RDONLY;
-    int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
-    try {
-        fetcher();
-    } catch (const std::system_error &) {
-        // No userfaultfd here: the attachment shows what the owner had when it was made.
-    }
-    Mapping range;
-    if (at == nullptr) {
-        void *reserved =
-            ::mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (reserved == MAP_FAILED) throw_last_errno("xpmem_attach: reserve");
-        range = Mapping(reserved, size);
-    } else {
-        map_sigbus(reinterpret_cast<std::uintptr_t>(at), size, prot);  // MAP_FIXED semantics
-        range = Mapping(at, size);
-    }
-    // Until it is recorded, the range is ours all the same: our service must never hand
-    // it out as the application's memory.
-    std::uintptr_t start = range.address();
-    {
-        std::lock_guard lock(mutex_);
-        attaching_[start] = size;
-    }
-    struct Unlist {
-        UserBackend &self;
-        std::uintptr_t start;
-        ~Unlist() {
-            std::lock_guard lock(self.mutex_);
-            self.attaching_.erase(start);
-        }
-    } unlist{*this, start};
-    std::size_t mapped = 0;
-    while (mapped < size) {
-        std::vector<UniqueFd> fds;
-        auto reply = ask<protocol::AttachReply>(
-            *permit.link,
-            protocol::AttachRequest{
-                .permit = permit.grant, .offset = offset + mapped, .size = size - mapped},
-            &fds);
-        if (reply.error != 0) throw_errno(reply.error, "xpmem_attach");
-        map_pieces(start, reply, fds, read_only, size, mapped);
-    }
-    ::madvise(range.data(), size, MADV_DONTFORK);  // fork children inherit no attachment
-    std::lock_guard lock(mutex_);
-    // Released while we were mapping: the attachment has no permit to live by.
-    if (permits_.count(apid) == 0) throw_errno(EINVAL, "xpmem_attach: permit released");
-    attachments_[start] = AttachmentRecord{size, offset, apid, permit.segid, prot};
-    range.release();
-    // Removed while we were mapping: revoke what we just made.
-    if (revoked_.count(permit.segid) != 0) revoke_locked(permit.segid);
-    return reinterpret_cast<void *>(start);
-}
-
-void UserBackend::detach(void *address) {
-    auto target = reinterpret_cast<std::uintptr_t>(address);
-    {
-        std::lock_guard lock(mutex_);
-        auto it = attachments_.upper_bound(target);
-        if (it != attachments_.begin() &&
-            target < std::prev(it)->first + std::prev(it)->second.size) {
-            --it;
-            ::munmap(reinterpret_cast<void *>(it->first), it->second.size);
-            if (fetcher_ != nullptr) fetcher_->wake(it->first, it->first + it->second.size);
-            attachments_.erase(it);
-            return;
-        }
-    }
-    unsigned char resident;
-    if (::mincore(reinterpret_cast<void *>(util::page_down(target)), util::kPageSize, &resident) <
-            0 &&
-        errno == ENOMEM)
-        return;  // no mapping at all
-    throw_errno(EINVAL, "xpmem_detach: not an attachment");
-}
-
-// Every attachment of `segid` now raises SIGBUS on touch.
-void UserBackend::revoke_locked(xpmem_segid_t segid) {
-    // Only segids we hold permits for are remembered: a forged REVOKE grows nothing.
-    if (std::none_of(permits_.begin(), permits_.end(),
-                     [&](const auto &permit) { return permit.second.segid == segid; }))
-        return;
-    revoked_.insert(segid);
-    for (auto &[start, attachment] : attachments_) {
-        if (attachment.segid != segid || attachment.revoked) continue;
-        map_sigbus(start, attachment.size, attachment.prot);
-        ::madvise(reinterpret_cast<void *>(start), attachment.size, MADV_DONTFORK);
-        attachment.revoked = true;
-        // Threads waiting in a fault there take the SIGBUS now.
-        if (fetcher_ != nullptr) fetcher_->wake(start, start + attachment.size);
-    }
-}
-
+// The library's own mappings; `mutex_` is held (and, inside, the attacher's lock is taken).
 std::vector<Range> UserBackend::library_intervals_locked() const {
-    std::vector<Range> ours;
+    std::vector<Range> ours = attacher_->own_ranges();
     ours.insert(ours.end(), thread_stacks_.begin(), thread_stacks_.end());
-    for (const auto &[start, attachment] : attachments_)
-        ours.push_back({start, start + attachment.size});
-    for (const auto &[start, size] : attaching_) ours.push_back({start, start + size});
     std::sort(ours.begin(), ours.end(),
               [](const Range &a, const Range &b) { return a.start < b.start; });
     return ours;
@@ -821,7 +422,7 @@ void UserBackend::serve(int stop) {
                 } else if (tag == kWorkTag) {
                     run_work();
                 } else if ((tag & kLinkTag) != 0) {
-                    owner_gone(tag & ~kLinkTag);
+                    attacher_->owner_gone(tag & ~kLinkTag);
                 } else {
                     serve_session(tag);
                 }
@@ -915,18 +516,6 @@ void UserBackend::run_work() {
     std::lock_guard lock(mutex_);
     work_done_ += work.size();
     work_finished_.notify_all();
-}
-
-void UserBackend::owner_gone(std::uint64_t owner) {
-    std::lock_guard lock(mutex_);
-    auto link = links_.find(owner);
-    if (link == links_.end()) return;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, link->second->socket.get(), nullptr);
-    links_.erase(link);  // the next get() connects afresh
-    std::set<xpmem_segid_t> segids;
-    for (const auto &[apid, permit] : permits_)
-        if (protocol::owner_of(permit.segid) == owner) segids.insert(permit.segid);
-    for (xpmem_segid_t segid : segids) revoke_locked(segid);
 }
 
 void UserBackend::serve_session(std::uint64_t tag) {
@@ -1076,8 +665,7 @@ void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest 
     if (protocol::owner_pid(request.segid) != session.peer.pid) {
         reply.error = EACCES;  // only the owner revokes its segment
     } else {
-        std::lock_guard lock(mutex_);
-        revoke_locked(request.segid);
+        attacher_->revoke(request.segid);
     }
     send_message(session.socket.get(), bytes_of(reply), {}, true);
 }
