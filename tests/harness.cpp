@@ -161,6 +161,11 @@ void become(uid_t uid, gid_t gid, const std::vector<gid_t> &groups) {
     CHILD_CHECK(setresuid(uid, uid, uid) == 0);
 }
 
+bool run_open_holes() {
+    const char *value = std::getenv("XPMEM_RUN_OPEN_HOLES");
+    return value != nullptr && std::string(value) == "1";
+}
+
 bool running_as_root() {
     return geteuid() == 0;
 }

@@ -179,6 +179,15 @@ std::string backend_test_name(const ::testing::TestParamInfo<std::string> &info)
 void expect_all_ok(std::initializer_list<Process *> processes);
 void expect_all_ok(std::vector<Process> &processes);
 
+// Skips a test of a hole that is still open, with its reason, unless XPMEM_RUN_OPEN_HOLES=1:
+// it fails today, and the README says so.
+bool run_open_holes();
+#define OPEN_HOLE(text)                                                                   \
+    do {                                                                                  \
+        if (!::xt::run_open_holes())                                                      \
+            GTEST_SKIP() << "OPEN HOLE: " << text << " (XPMEM_RUN_OPEN_HOLES=1 runs it)"; \
+    } while (0)
+
 // Expects `process` to have exited successfully.
 #define EXPECT_CHILD_OK(process)                                \
     do {                                                        \

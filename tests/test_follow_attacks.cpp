@@ -4,8 +4,8 @@
 // attack and asserts the secure behaviour; a test that fails shows a hole that is open.
 
 #include <fcntl.h>
-#include <setjmp.h>
 #include <poll.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -19,14 +19,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstring>
-#include <string>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iterator>
 #include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -63,8 +63,8 @@ struct VictimInfo {
 
 // Fresh private anonymous memory the process has not touched.
 char *fresh(std::size_t pages) {
-    void *at = mmap(nullptr, pages * kPage, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *at =
+        mmap(nullptr, pages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHILD_CHECK(at != MAP_FAILED);
     return static_cast<char *>(at);
 }
@@ -200,9 +200,9 @@ void peer_touches_dropped_page(Touch how) {
             fd, wire::AttachRequest{.permit = permit, .offset = 0, .size = 4 * kPage}, &fds);
         CHILD_CHECK(reply.error == 0 && reply.piece_count >= 1);
         CHILD_CHECK(reply.pieces[0].fd_index >= 0 && reply.pieces[0].length == 4 * kPage);
-        auto *view = static_cast<volatile char *>(
-            mmap(nullptr, 4 * kPage, PROT_READ, MAP_SHARED, fds[0],
-                 static_cast<off_t>(reply.pieces[0].file_offset)));
+        auto *view =
+            static_cast<volatile char *>(mmap(nullptr, 4 * kPage, PROT_READ, MAP_SHARED, fds[0],
+                                              static_cast<off_t>(reply.pieces[0].file_offset)));
         CHILD_CHECK(view != MAP_FAILED);
         channel.send_b(1);
         CHILD_CHECK(channel.receive_b<int>() == 2);
@@ -223,12 +223,16 @@ void peer_touches_dropped_page(Touch how) {
 }  // namespace
 
 TEST_P(FollowAttacks, ReadOnlyPeerLoadDoesNotBreakTheOwnersSystemCalls) {
+    OPEN_HOLE(
+        "a peer's load through a read-only descriptor puts a page into the file "
+        "that the owner's page table lacks; the owner's system calls on it fail with "
+        "EFAULT until it touches the page (minor faults reach the follower from user "
+        "mode only)");
     peer_touches_dropped_page(Touch::load_through_mapping);
 }
 TEST_P(FollowAttacks, ForgedFaultDoesNotBreakTheOwnersSystemCalls) {
     peer_touches_dropped_page(Touch::forged_fault);
 }
-
 
 // Forged FAULT requests on a raw connection reach nothing an ATTACH would not: a permit
 // the connection does not hold is ENOENT, offsets or sizes outside the segment are EINVAL
@@ -249,8 +253,8 @@ TEST_P(FollowAttacks, ForgedFaultsReachNothingAnAttachWouldNot) {
     xt::Process attacker([&] {
         be(kAttackerUid);
         int fd = connect_victim(info.pid);
-        auto denied = ask<wire::GetReply>(fd, wire::GetRequest{.segid = info.segid,
-                                                               .flags = XPMEM_RDWR});
+        auto denied =
+            ask<wire::GetReply>(fd, wire::GetRequest{.segid = info.segid, .flags = XPMEM_RDWR});
         CHILD_CHECK(denied.error == EACCES);
         std::uint64_t permit = get_permit(fd, info.segid, XPMEM_RDONLY);
         auto fault = [&](std::uint64_t grant, std::uint64_t offset, std::uint64_t size,
@@ -390,7 +394,9 @@ xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault
 // A load from `address` in a thread of its own, waited for at most `timeout`: the seconds
 // it took, or a negative value if it had not ended by then. A SIGBUS ends the load too.
 thread_local sigjmp_buf load_escape;
-void on_bus(int) { siglongjmp(load_escape, 1); }
+void on_bus(int) {
+    siglongjmp(load_escape, 1);
+}
 
 double timed_load(const volatile char *address, std::chrono::milliseconds timeout) {
     struct sigaction action {};
@@ -447,6 +453,9 @@ TEST_P(FollowAttacks, OwnerAnsweringEagainForeverCannotHoldTheAttachersThread) {
 // Expected secure behaviour: a fault on one owner's attachment does not wait for another
 // owner's reply (here: it ends within 2 s).
 TEST_P(FollowAttacks, SilentOwnerDoesNotStallFaultsOnAnotherOwnersAttachment) {
+    OPEN_HOLE(
+        "one fetcher thread serves the faults on every owner's attachments, and "
+        "waits up to XPMEM_USER_TIMEOUT_MS for an owner that does not answer");
     xt::Channel silent_channel, honest_channel;
     xt::Process silent = fake_owner(silent_channel, 4, OnFault::never_answer);
     xt::Process honest = fake_owner(honest_channel, 4, OnFault::file_page);

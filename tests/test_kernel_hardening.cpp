@@ -129,7 +129,8 @@ void jump_out(int signal) {
 // (then the byte read is in `*value`, if given). In-process: attachments are not
 // inherited, so a forked reader would see nothing.
 int signal_on_read(const std::byte *address, std::byte *value = nullptr) {
-    struct sigaction handler {}, old_bus{}, old_segv{};
+    struct sigaction handler {
+    }, old_bus{}, old_segv{};
     handler.sa_handler = jump_out;
     sigaction(SIGBUS, &handler, &old_bus);
     sigaction(SIGSEGV, &handler, &old_segv);
@@ -167,9 +168,9 @@ TEST_P(KernelHardening, AttachmentCannotBeMoved) {
         CHILD_CHECK(view.bytes()[0] == std::byte{0x5a});
         void *elsewhere = mmap(nullptr, 4 * kPage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         CHILD_CHECK(elsewhere != MAP_FAILED);
-        CHILD_CHECK_ERRNO(mremap(view.data(), 4 * kPage, 4 * kPage, MREMAP_MAYMOVE | MREMAP_FIXED,
-                                 elsewhere),
-                          MAP_FAILED, EINVAL);
+        CHILD_CHECK_ERRNO(
+            mremap(view.data(), 4 * kPage, 4 * kPage, MREMAP_MAYMOVE | MREMAP_FIXED, elsewhere),
+            MAP_FAILED, EINVAL);
         CHILD_CHECK_ERRNO(mremap(view.data(), 4 * kPage, 4 * kPage,
                                  MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, elsewhere),
                           MAP_FAILED, EINVAL);
@@ -367,7 +368,8 @@ TEST_P(KernelHardening, AttachRacingReleaseAndDetach) {
             }
         });
         int attached = 0;
-        for (auto end = std::chrono::steady_clock::now() + 2s; std::chrono::steady_clock::now() < end;) {
+        for (auto end = std::chrono::steady_clock::now() + 2s;
+             std::chrono::steady_clock::now() < end;) {
             xpmem_apid_t apid = device.get(segid);
             published = apid;
             xpmem_cmd_attach attach{};
@@ -423,7 +425,8 @@ TEST_P(KernelHardening, OwnerInvalidationStormLeavesAttacherKillable) {
         auto view = permit.attach(0, kPages * kPage);
         ready.send_b(1);
         for (;;)
-            for (std::size_t page = 0; page < kPages; ++page) (void)read_byte(view.data() + page * kPage);
+            for (std::size_t page = 0; page < kPages; ++page)
+                (void)read_byte(view.data() + page * kPage);
     });
     ASSERT_EQ(ready.receive_a<int>(), 1);
     std::this_thread::sleep_for(2s);  // deep in the storm
@@ -538,9 +541,9 @@ TEST_P(KernelHardening, PerUserLimitsGiveEnospc) {
         auto memory = anonymous(2 * kPage);
         auto first = xpmem::Segment::make(memory.subspan(0, kPage));
         auto second = xpmem::Segment::make(memory.subspan(kPage, kPage));
-        CHILD_CHECK_ERRNO(xpmem_make(memory.data(), kPage, XPMEM_PERMIT_MODE,
-                                     reinterpret_cast<void *>(0600)),
-                          -1, ENOSPC);
+        CHILD_CHECK_ERRNO(
+            xpmem_make(memory.data(), kPage, XPMEM_PERMIT_MODE, reinterpret_cast<void *>(0600)), -1,
+            ENOSPC);
         try {
             (void)xpmem::Segment::make(memory.subspan(0, kPage));
             CHILD_CHECK(!"a third segment was made");

@@ -166,17 +166,6 @@ std::optional<std::uint32_t> secret_from_proof(std::uint64_t nonce, std::uint64_
 
 // ---- helpers ------------------------------------------------------------------------
 
-bool run_open_holes() {
-    const char *value = std::getenv("XPMEM_RUN_OPEN_HOLES");
-    return value != nullptr && std::string(value) == "1";
-}
-
-#define OPEN_HOLE(text)                                                                   \
-    do {                                                                                  \
-        if (!run_open_holes())                                                            \
-            GTEST_SKIP() << "OPEN HOLE: " << text << " (XPMEM_RUN_OPEN_HOLES=1 runs it)"; \
-    } while (0)
-
 #define REQUIRE_ROOT(why)                                                  \
     do {                                                                   \
         if (!xt::running_as_root()) GTEST_SKIP() << "needs root: " << why; \

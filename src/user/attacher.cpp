@@ -25,6 +25,8 @@ namespace {
 
 // A fault asks the owner for at most this much from the page touched.
 constexpr std::size_t kFetchWindow = std::size_t{1} << 20;
+// How often in a row an owner may answer a fault on one page with "changed, ask again".
+constexpr unsigned kMaxChangedInARow = 8;
 
 std::uint32_t random_serial() {
     std::uint32_t number = 0;
@@ -219,8 +221,16 @@ bool Attacher::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
                       fds[piece.fd_index].get(), piece.file_offset);
             // userfaultfd registers only mappings that could be made writable: a read-only
             // piece does not follow the owner (README, limits).
-            if ((piece.flags & protocol::kPieceFollowed) != 0 && writable && fetcher_ != nullptr)
-                fetcher_->watch(start, end);
+            bool watched = (piece.flags & protocol::kPieceFollowed) != 0 && writable &&
+                           fetcher_ != nullptr && fetcher_->watch(start, end) == 0;
+            // A watched page the owner left out of its file would fault again for ever: the
+            // owner makes the page touched present before it answers, or it is a hole.
+            if (watched && touched && *touched >= start && *touched < end) {
+                auto file_offset =
+                    static_cast<off_t>(piece.file_offset + (util::page_down(*touched) - start));
+                if (::lseek(fds[piece.fd_index].get(), file_offset, SEEK_DATA) != file_offset)
+                    touched_hole = true;
+            }
         }
         mapped += piece.length;
     }
@@ -277,7 +287,11 @@ void Attacher::fetch_for(const Fault &fault) {
     } catch (const std::system_error &failure) {
         error = failure.code().value();
     }
-    if (error == EAGAIN) return fetch.wake(page, page + util::kPageSize);  // it faults again
+    // The owner's memory changed under its conversion: the thread faults again, a few
+    // times (an owner that says so for ever gets SIGBUS for it).
+    if (error == EAGAIN && ++changed_in_a_row_[page] <= kMaxChangedInARow)
+        return fetch.wake(page, page + util::kPageSize);
+    changed_in_a_row_.erase(page);
     bool hole = true;
     std::size_t mapped = 0;
     lock.lock();

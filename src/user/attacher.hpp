@@ -105,6 +105,7 @@ class Attacher {
     std::map<std::uintptr_t, std::size_t> attaching_;  // ranges being mapped by attach()
     std::set<xpmem_segid_t> revoked_;                  // only segids we hold permits for
     std::unique_ptr<Fetcher> fetcher_;  // made on the first attach; guarded by mutex_
+    std::map<std::uintptr_t, unsigned> changed_in_a_row_;  // the fetcher's only
 };
 
 }  // namespace xpmem::user

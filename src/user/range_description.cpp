@@ -93,9 +93,8 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
             it->second = static_cast<int>(fds.size() - 1);
         }
         // The page a fault touched must be there for the fault to end (a page the owner
-        // never touched is not): allocate it, zeroed, as the owner's own touch would.
-        if (populate && reply.piece_count == 0)
-            ::fallocate(file.fd.get(), 0, static_cast<off_t>(file_offset), util::kPageSize);
+        // never touched, or dropped, is not): made as the owner's own touch would.
+        if (populate && reply.piece_count == 0) backing.populate(file, file_offset);
         add(length, file_offset, it->second,
             protocol::kPieceFollowed | (writable ? protocol::kPieceWritable : 0));
     };

@@ -657,6 +657,15 @@ void Backing::follow_pending() noexcept {
     }
 }
 
+void Backing::populate(File &file, std::uint64_t offset) noexcept {
+    ::fallocate(file.fd.get(), 0, static_cast<off_t>(offset), kPageSize);
+    if (!follow_) return;
+    // Where the owner maps it at its natural place (it is registered there), the page
+    // goes into the owner's page table; elsewhere CONTINUE fails and nothing happens.
+    uffdio_continue map{{file.start + offset, kPageSize}, UFFDIO_CONTINUE_MODE_DONTWAKE, 0};
+    ::ioctl(follow_.get(), UFFDIO_CONTINUE, &map);
+}
+
 UniqueFd Backing::descriptor(File &file, bool writable, const Holder &holder) {
     UniqueFd fd;
     if (writable) {

@@ -81,6 +81,12 @@ class Backing {
     File &make_shareable(const SegmentRange &segment, const Vma &vma, std::uintptr_t start,
                          std::uintptr_t end, std::span<const Vma> maps);
 
+    // Makes the page at `offset` of `file` present, zeroed if it was not, and mapped where
+    // the owner maps it: a page in the file that the owner's page table lacks would make
+    // the owner's system calls on it fail (minor faults reach the follower from user mode
+    // only).
+    void populate(File &file, std::uint64_t offset) noexcept;
+
     // A descriptor of `file` to hand out under `holder`: read-write, or reopened read-only.
     util::UniqueFd descriptor(File &file, bool writable, const Holder &holder);
 
