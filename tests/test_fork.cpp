@@ -143,6 +143,57 @@ TEST_P(Fork, RawForkChildRecoversFromNoproc) {
     EXPECT_CHILD_OK(parent);
 }
 
+// Until a raw fork child calls into the library, the user backend has not copied the
+// owner's converted memory back into private memory: the child shares it with its parent
+// (README, limits). Its first call does the copy; from then on its stores are its own. The
+// kernel backend never shares the owner's memory with a child.
+TEST_P(Fork, RawForkChildSharesConvertedMemoryUntilItsFirstCall) {
+    if (user_backend() && xpmem::util::kSanitizer)
+        GTEST_SKIP() << "a raw fork of a multithreaded process under a sanitizer can inherit "
+                        "the sanitizer allocator's lock held";
+    bool user = user_backend();
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = anonymous(kPage);
+        std::memcpy(memory.data(), "parent", 7);
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);  // attached: converted
+        xt::Channel family;
+        pid_t child = static_cast<pid_t>(syscall(SYS_fork));
+        CHILD_CHECK(child >= 0);
+        if (child == 0) {
+            std::memcpy(memory.data(), "first", 6);  // before any call into the library
+            family.send_b(1);
+            if (family.receive_b<int>() != 2) _exit(1);
+            if (xpmem_version() <= 0) _exit(2);  // the first call
+            std::memcpy(memory.data(), "later", 6);
+            family.send_b(3);
+            _exit(0);
+        }
+        CHILD_CHECK(family.receive_a<int>() == 1);
+        const char *seen = reinterpret_cast<const char *>(memory.data());
+        if (std::strcmp(seen, user ? "first" : "parent") != 0)
+            xt::fail(__FILE__, __LINE__, std::string("after the child's first store: ") + seen);
+        family.send_a(2);
+        CHILD_CHECK(family.receive_a<int>() == 3);
+        if (std::strcmp(seen, user ? "first" : "parent") != 0)
+            xt::fail(__FILE__, __LINE__, std::string("after the child's later store: ") + seen);
+        int status = 0;
+        CHILD_CHECK(waitpid(child, &status, 0) == child);
+        CHILD_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        channel.send_a(2);
+    });
+    xt::Process attacher([&] {
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, kPage);
+        CHILD_CHECK(std::memcmp(view.data(), "parent", 7) == 0);
+        channel.send_b(1);
+        CHILD_CHECK(channel.receive_b<int>() == 2);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
 INSTANTIATE_BACKENDS(Fork);
 
 }  // namespace

@@ -25,8 +25,14 @@ class LibraryThread {
     ~LibraryThread();
 
     Range stack() const { return {stack_.address(), stack_.address() + stack_.size()}; }
-    // In a fork child, where the thread does not exist: destruction only unmaps its stack.
-    void forget() noexcept { running_ = false; }
+    // In a fork child, where the thread does not exist: nothing is joined, and its stack
+    // stays mapped. After a raw fork system call glibc's list of threads still links to the
+    // thread's descriptor at the top of that stack, and the child's next pthread_create
+    // writes there.
+    void forget() noexcept {
+        running_ = false;
+        stack_.release();
+    }
 
   private:
     static void *main(void *self);
