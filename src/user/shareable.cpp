@@ -585,7 +585,8 @@ Backing::File *Backing::file_of(const Vma &vma) {
 Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memory,
                                  std::uint64_t offset, std::uint64_t length,
                                  std::span<const Vma> maps) {
-    // A file whose offsets there the owner maps nowhere (memory it moved keeps them).
+    // A file whose offsets there the owner maps nowhere (memory it moved keeps them until
+    // the follower takes it back, or for good where the kernel cannot follow).
     auto offsets_free = [&](const File &file) {
         return std::none_of(maps.begin(), maps.end(), [&](const Vma &vma) {
             return file_of(vma) == &file && vma.offset < offset + length &&

@@ -4,9 +4,10 @@
 // Converted memory lives in memfds that belong to one segment each: a segment's memory at
 // address A is a MAP_SHARED mapping of its file at offset A - segment start, and the file
 // is exactly as large as the segment (sealed). Memory the owner can write and memory it
-// cannot live in different files, and memory the owner moved (mremap) keeps its file
-// offsets: new memory at its old address goes into another file of the segment. A file
-// is handed out only under grants for its own segment. So a descriptor reaches memory of
+// cannot live in different files. Memory the owner moves (mremap) goes back into private
+// memory (following the owner, below); where the kernel cannot follow, it keeps its file
+// offsets, and new memory at its old address goes into another file of the segment. A
+// file is handed out only under grants for its own segment. So a descriptor reaches memory of
 // the segment it was handed out for and nothing else, and a descriptor of read-only
 // memory never writes it. The files are mode 0400: a read-only descriptor cannot be reopened for
 // writing through /proc by anyone but root (or the owner's uid, which can chmod it back).
