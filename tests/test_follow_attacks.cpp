@@ -239,6 +239,8 @@ TEST_P(FollowAttacks, ForgedFaultDoesNotBreakTheOwnersSystemCalls) {
 // (also when offset + size wraps), and a read-only permit gets only read-only descriptors,
 // not mappable for writing. (Pins a guarantee: passes today.)
 TEST_P(FollowAttacks, ForgedFaultsReachNothingAnAttachWouldNot) {
+    // As root the victim and the attacker are two uids; as an unprivileged suite, one.
+    const bool two_users = xt::running_as_root();
     xt::Channel channel;
     xt::Process victim([&] {
         be(kVictimUid);
@@ -253,11 +255,10 @@ TEST_P(FollowAttacks, ForgedFaultsReachNothingAnAttachWouldNot) {
     xt::Process attacker([&] {
         be(kAttackerUid);
         int fd = connect_victim(info.pid);
-        // Mode 0644: read-write is the owner's uid's only (as an unprivileged suite, the
-        // victim and the attacker are one uid).
+        // Mode 0644: read-write is the owner's uid's only.
         auto denied =
             ask<wire::GetReply>(fd, wire::GetRequest{.segid = info.segid, .flags = XPMEM_RDWR});
-        CHILD_CHECK(denied.error == (xt::running_as_root() ? EACCES : 0));
+        CHILD_CHECK(denied.error == (two_users ? EACCES : 0));
         std::uint64_t permit = get_permit(fd, info.segid, XPMEM_RDONLY);
         auto fault = [&](std::uint64_t grant, std::uint64_t offset, std::uint64_t size,
                          std::vector<int> *fds) {
