@@ -776,9 +776,12 @@ constexpr std::size_t kAlignment = 8 << 20;
 constexpr std::size_t kMinBuffer = 4 << 10;
 constexpr std::size_t kMaxBuffer = 4 << 20;
 
+// 10,000 rounds; under a sanitizer, which checks memory errors rather than scale and runs
+// the rounds several times slower (ThreadSanitizer near the test's time limit), 1,000.
 std::uint64_t cache_rounds() {
     const char *text = std::getenv("XPMEM_TEST_CACHE_ROUNDS");
-    return text != nullptr ? std::strtoull(text, nullptr, 10) : 10000;
+    if (text != nullptr) return std::strtoull(text, nullptr, 10);
+    return xpmem::util::kSanitizer ? 1000 : 10000;
 }
 
 // The buffer sizes: from 4 KiB to 4 MiB, log-uniform (each doubling equally likely), so
