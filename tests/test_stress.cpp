@@ -144,8 +144,15 @@ TEST_P(Stress, AttachersFaultWhileTheOwnerRemapsAndRemoves) {
             xpmem_segid_t segid =
                 xpmem_make(range, kSize, XPMEM_PERMIT_MODE, reinterpret_cast<void *>(0666));
             CHILD_CHECK(segid > 0);
+            std::uint64_t read_before = board->pages_read.load();
             board->segid.store(segid);
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            // On a slow kernel (the debug kernel in emulation) an attach can take longer
+            // than that: keep the segment until an attacher read a page of it, at most 1 s.
+            auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+            while (board->pages_read.load() == read_before && !board->stop.load() &&
+                   std::chrono::steady_clock::now() < until)
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
             board->segid.store(0);
             CHILD_CHECK(xpmem_remove(segid) == 0);
         }
