@@ -161,6 +161,38 @@ void become(uid_t uid, gid_t gid, const std::vector<gid_t> &groups) {
     CHILD_CHECK(setresuid(uid, uid, uid) == 0);
 }
 
+ssize_t receive(int socket, void *buffer, std::size_t size, std::vector<int> *fds,
+                std::chrono::milliseconds timeout) {
+    pollfd entry{socket, POLLIN, 0};
+    if (poll(&entry, 1, static_cast<int>(timeout.count())) != 1) return -1;
+    iovec io{buffer, size};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
+    msghdr header{};
+    header.msg_iov = &io;
+    header.msg_iovlen = 1;
+    header.msg_control = control;
+    header.msg_controllen = sizeof control;
+    ssize_t got = recvmsg(socket, &header, MSG_CMSG_CLOEXEC);
+    if (got < 0) return 0;
+    for (cmsghdr *c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+            int received;
+            std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
+            if (fds != nullptr)
+                fds->push_back(received);
+            else
+                close(received);
+        }
+    }
+    return got;
+}
+
+void send_bytes(int socket, const void *data, std::size_t size) {
+    CHILD_CHECK(send(socket, data, size, MSG_NOSIGNAL) == static_cast<ssize_t>(size));
+}
+
 bool run_open_holes() {
     const char *value = std::getenv("XPMEM_RUN_OPEN_HOLES");
     return value != nullptr && std::string(value) == "1";

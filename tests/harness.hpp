@@ -147,6 +147,33 @@ class PinnedBuffer {
 // A raw connection (SOCK_SEQPACKET) to the user-backend service of process `pid`, found
 // by its name in /proc/net/unix as any local process can; -1 if it has none.
 int connect_user_service(pid_t pid);
+// Receives one message of at most `size` bytes on `socket` within `timeout`; appends the
+// descriptors it carried to `fds` (or closes them). Returns the size, 0 at end of stream
+// or on error, -1 on timeout.
+ssize_t receive(int socket, void *buffer, std::size_t size, std::vector<int> *fds,
+                std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+// Sends `size` bytes as one datagram; the child fails if they do not go whole.
+void send_bytes(int socket, const void *data, std::size_t size);
+template <class Message>
+void send_raw(int socket, const Message &message) {
+    send_bytes(socket, &message, sizeof message);
+}
+
+// Sends `request` and returns the reply of exactly `Reply`'s size (the child fails without
+// one within 10 s); its descriptors go to `fds`.
+template <class Reply, class Request>
+Reply ask(int socket, const Request &request, std::vector<int> *fds = nullptr) {
+    send_raw(socket, request);
+    Reply reply{};
+    ssize_t got = receive(socket, &reply, sizeof reply, fds);
+    if (got != static_cast<ssize_t>(sizeof reply))
+        fail(__FILE__, __LINE__,
+             "no reply of " + std::to_string(sizeof reply) + " bytes (got " + std::to_string(got) +
+                 ")");
+    return reply;
+}
+
 // Whether the kernel can read from [address, address+1): false once it faults.
 bool readable_by_kernel(const void *address);
 

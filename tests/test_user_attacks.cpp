@@ -285,52 +285,9 @@ int raw_connect(pid_t pid) {
     xt::fail(__FILE__, __LINE__, "no service of pid " + std::to_string(pid) + " to connect to");
 }
 
-// Receives one message of at most `size` bytes within `timeout`; appends descriptors to
-// `fds`. Returns the size, 0 at end of stream, -1 on timeout.
-ssize_t receive(int fd, void *buffer, std::size_t size, std::vector<int> *fds,
-                std::chrono::milliseconds timeout = 10s) {
-    pollfd entry{fd, POLLIN, 0};
-    if (poll(&entry, 1, static_cast<int>(timeout.count())) != 1) return -1;
-    iovec io{buffer, size};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
-    msghdr header{};
-    header.msg_iov = &io;
-    header.msg_iovlen = 1;
-    header.msg_control = control;
-    header.msg_controllen = sizeof control;
-    ssize_t got = recvmsg(fd, &header, MSG_CMSG_CLOEXEC);
-    if (got < 0) return 0;
-    for (cmsghdr *c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (std::size_t i = 0; i < count; ++i) {
-            int received;
-            std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
-            if (fds != nullptr)
-                fds->push_back(received);
-            else
-                close(received);
-        }
-    }
-    return got;
-}
-
-template <class Message>
-void send_raw(int fd, const Message &message) {
-    CHILD_CHECK(send(fd, &message, sizeof message, MSG_NOSIGNAL) == sizeof message);
-}
-
-template <class Reply, class Request>
-Reply ask(int fd, const Request &request, std::vector<int> *fds = nullptr) {
-    send_raw(fd, request);
-    Reply reply{};
-    ssize_t got = receive(fd, &reply, sizeof reply, fds);
-    if (got != static_cast<ssize_t>(sizeof reply))
-        xt::fail(__FILE__, __LINE__,
-                 "no reply of " + std::to_string(sizeof reply) + " bytes (got " +
-                     std::to_string(got) + ")");
-    return reply;
-}
+using xt::ask;
+using xt::receive;
+using xt::send_raw;
 
 // /proc/<pid>/status "Uid:" effective uid, or -1.
 long effective_uid(pid_t pid) {

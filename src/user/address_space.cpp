@@ -97,30 +97,15 @@ const char *parse_maps_line(const char *text, const char *end, MapEntry &entry) 
 
 }  // namespace
 
-Vma Vma::from(const MapEntry &entry) {
-    Vma vma;
-    vma.start = entry.start;
-    vma.end = entry.end;
-    vma.readable = entry.readable;
-    vma.writable = entry.writable;
-    vma.executable = entry.executable;
-    vma.shared = entry.shared;
-    vma.offset = entry.offset;
-    vma.device = entry.device;
-    vma.inode = entry.inode;
-    return vma;
-}
-
 std::vector<Vma> read_maps() {
     std::ifstream maps("/proc/self/maps");
     if (!maps) util::throw_errno(EIO, "/proc/self/maps");
     std::vector<Vma> result;
     std::string line;
     while (std::getline(maps, line)) {
-        MapEntry entry;
+        Vma vma;
         const char *end = line.data() + line.size();
-        const char *path = parse_maps_line(line.data(), end, entry);
-        Vma vma = Vma::from(entry);
+        const char *path = parse_maps_line(line.data(), end, vma);
         vma.path.assign(path, end);
         result.push_back(std::move(vma));
     }

@@ -26,24 +26,14 @@ struct MapEntry {
     ino_t inode = 0;
 };
 
-struct Vma {
-    std::uintptr_t start = 0;
-    std::uintptr_t end = 0;
-    bool readable = false;
-    bool writable = false;
-    bool executable = false;
-    bool shared = false;
-    std::uint64_t offset = 0;
-    dev_t device = 0;
-    ino_t inode = 0;
+// A mapping with its path.
+struct Vma : MapEntry {
     std::string path;
 
     bool file_backed() const { return inode != 0; }
     int protection() const;
     // [vdso], [vvar], [vsyscall] and hugetlb mappings cannot be handed over.
     bool special() const;
-
-    static Vma from(const MapEntry &entry);
 };
 
 // The mappings in address order.

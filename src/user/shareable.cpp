@@ -477,7 +477,7 @@ bool Backing::follow_gone(ino_t inode, File &file, std::uintptr_t start, std::ui
         if (!entry.readable)  // nobody can touch it: make it readable for the copy
             ::mprotect(reinterpret_cast<void *>(moved_start), moved_end - moved_start, PROT_READ);
         try {
-            convert(-1, 0, Vma::from(entry), moved_start, moved_end, file.fd.get());
+            convert(-1, 0, Vma{entry, {}}, moved_start, moved_end, file.fd.get());
         } catch (const std::system_error &) {
             return false;  // the owner still maps it there: its bytes stay
         }
