@@ -93,12 +93,15 @@ struct Piece {
     std::uint64_t length;
     std::uint64_t file_offset;
     std::int32_t fd_index;
-    std::uint32_t flags;  // bit 0: writable
+    std::uint32_t flags;  // bit 0: writable, bit 2: SysV segment shm_id
+    std::int32_t shm_id;
+    std::uint32_t reserved;
 };
 struct AttachReply {
     Header header;
     std::int32_t error;
     std::uint32_t piece_count;
+    std::uint64_t ipc_namespace;
     Piece pieces[64];
 };
 struct Release {
@@ -923,7 +926,7 @@ struct SpyReport {
                 wire::AttachReply reply{};
                 reply.header = {wire::kMagic, wire::attach_reply};
                 reply.piece_count = 1;
-                reply.pieces[0] = {std::min<std::uint64_t>(request.size, 32 << 20), 0, 0, 1};
+                reply.pieces[0] = {std::min<std::uint64_t>(request.size, 32 << 20), 0, 0, 1, 0, 0};
                 xt::send_descriptor(fd, memory, std::as_bytes(std::span(&reply, 1)));
             } else if (header.type == wire::revoke) {
                 wire::RevokeReply reply{{wire::kMagic, wire::revoke_reply}, 0, 0};

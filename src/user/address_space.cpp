@@ -42,8 +42,19 @@ UniqueFd open_verified(const std::string &path, const Vma &vma, bool writable) {
 
 bool Vma::special() const {
     return path == "[vdso]" || path == "[vvar]" || path == "[vsyscall]" ||
-           path == "[vvar_vclock]" || path == "[uprobes]" || path.rfind("/anon_hugepage", 0) == 0 ||
-           path.rfind("/SYSV", 0) == 0;
+           path == "[vvar_vclock]" || path == "[uprobes]" || path.rfind("/anon_hugepage", 0) == 0;
+}
+
+bool Vma::sysv_shm() const {
+    constexpr std::string_view kDeleted = " (deleted)";  // a segment's file is never linked
+    return shared && path.rfind("/SYSV", 0) == 0 && path.size() > kDeleted.size() &&
+           path.compare(path.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0;
+}
+
+std::uint64_t ipc_namespace() {
+    struct stat status {};
+    if (::stat("/proc/self/ns/ipc", &status) < 0) return 0;
+    return status.st_ino;
 }
 
 int Vma::protection() const {

@@ -34,6 +34,8 @@ struct Vma : MapEntry {
     int protection() const;
     // [vdso], [vvar], [vsyscall] and hugetlb mappings cannot be handed over.
     bool special() const;
+    // A SysV shared memory segment's mapping: its inode is the segment's shm id.
+    bool sysv_shm() const;
 };
 
 // The mappings in address order.
@@ -81,6 +83,10 @@ struct Range {
 // fdinfo of its io_uring descriptors, sorted. The kernel pinned their pages: a conversion
 // that replaced them would leave io_uring reading and writing pages no longer mapped.
 std::vector<Range> io_uring_buffers();
+
+// This process's IPC namespace (the inode of /proc/self/ns/ipc), where SysV shm ids name
+// segments; 0 if unknown.
+std::uint64_t ipc_namespace();
 
 // Opens the object `vma` maps, verified to be that object, writable if asked and allowed;
 // an invalid fd if it cannot be reached (a deleted file without an open descriptor, say).

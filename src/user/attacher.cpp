@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -64,6 +65,7 @@ std::shared_ptr<Attacher::Link> Attacher::link_to(xpmem_segid_t segid) {
     if (inserted) {
         it->second = std::make_shared<Link>();
         it->second->owner = owner;
+        it->second->uid = peer_credentials(socket.get()).uid;
         it->second->socket = std::move(socket);
         // The service thread watches for the owner's end: its exit revokes everything.
         watch_link_(it->second->socket.get(), owner, true);
@@ -174,6 +176,38 @@ void map_fixed(std::uintptr_t start, std::size_t size, int prot, int flags, int 
     if (at == MAP_FAILED) throw_last_errno("map attachment");
 }
 
+// Maps [piece.file_offset, + piece.length) of SysV segment piece.shm_id at `start`: attaches
+// the segment with our own IPC permission, keeps the piece, unmaps the rest. The owner named
+// the segment; it must be the owner's (or the owner root), lest an owner point our stores at
+// a third user's segment that we may write and it may not. Returns false if the segment
+// cannot be attached so (another IPC namespace, no permission, gone, too small).
+bool map_sysv_piece(std::uintptr_t start, const protocol::Piece &piece, bool writable,
+                    uid_t owner_uid, std::uint64_t owner_ipc_namespace) {
+    if (owner_ipc_namespace == 0 || owner_ipc_namespace != ipc_namespace()) return false;
+    void *base = ::shmat(piece.shm_id, nullptr, writable ? 0 : SHM_RDONLY);
+    if (base == reinterpret_cast<void *>(-1)) return false;
+    struct shmid_ds status {};
+    auto at = reinterpret_cast<std::uintptr_t>(base);
+    std::size_t size = 0;
+    if (::shmctl(piece.shm_id, IPC_STAT, &status) == 0) size = util::page_up(status.shm_segsz);
+    bool owners = owner_uid == 0 || status.shm_perm.uid == owner_uid ||
+                  status.shm_perm.cuid == owner_uid;
+    if (!owners || piece.file_offset > size || piece.length > size - piece.file_offset) {
+        ::shmdt(base);
+        return false;
+    }
+    void *moved = util::move_mapping(reinterpret_cast<void *>(at + piece.file_offset),
+                                     piece.length, reinterpret_cast<void *>(start));
+    if (moved == MAP_FAILED) {
+        ::munmap(base, size);
+        return false;
+    }
+    if (piece.file_offset > 0) ::munmap(base, piece.file_offset);
+    std::uintptr_t rest = at + piece.file_offset + piece.length;
+    if (rest < at + size) ::munmap(reinterpret_cast<void *>(rest), at + size - rest);
+    return true;
+}
+
 }  // namespace
 
 void Attacher::map_sigbus(std::uintptr_t start, std::size_t size, int prot) {
@@ -192,8 +226,9 @@ Fetcher &Attacher::fetcher() {
 // and the owner's converted memory are watched for faults (user/fetcher.hpp). Returns, if
 // `touched` lies in what it mapped, whether it lies in a hole.
 bool Attacher::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
-                          std::span<const UniqueFd> fds, bool read_only, std::size_t limit,
-                          std::size_t &mapped, std::optional<std::uintptr_t> touched) {
+                          std::span<const UniqueFd> fds, uid_t owner_uid, bool read_only,
+                          std::size_t limit, std::size_t &mapped,
+                          std::optional<std::uintptr_t> touched) {
     if (reply.piece_count == 0 || reply.piece_count > protocol::kMaxPieces)
         throw_errno(EPROTO, "bad attach reply");
     bool touched_hole = false;
@@ -205,10 +240,17 @@ bool Attacher::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
             throw_errno(EPROTO, "bad attach piece");
         std::uintptr_t start = at + mapped;
         std::uintptr_t end = start + piece.length;
-        bool hole = piece.fd_index < 0;
+        bool sysv = (piece.flags & protocol::kPieceSysv) != 0;
+        bool hole = piece.fd_index < 0 && !sysv;
         bool writable = !hole && (piece.flags & protocol::kPieceWritable) != 0;
         int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
-        if (hole) {
+        // A segment we cannot attach is a hole, as an object the owner cannot open is.
+        if (sysv && !map_sysv_piece(start, piece, writable && !read_only, owner_uid,
+                                    reply.ipc_namespace))
+            hole = true;
+        if (sysv && !hole) {
+            // Mapped: like any shared object the owner maps, it is not followed.
+        } else if (hole) {
             // Loads and stores alike ask the owner again, and get SIGBUS while nothing is
             // there (resolve_fault).
             map_fixed(start, piece.length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
@@ -302,8 +344,8 @@ void Attacher::fetch_for(const Fault &fault) {
     }
     if (error == 0) {
         try {
-            hole = map_pieces(page, reply, fds, attachment.prot == PROT_READ, end - page, mapped,
-                              fault.address);
+            hole = map_pieces(page, reply, fds, permit.link->uid, attachment.prot == PROT_READ,
+                              end - page, mapped, fault.address);
         } catch (const std::system_error &) {
             // A broken reply: the access fails.
         }
@@ -371,7 +413,7 @@ void *Attacher::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size
                 .permit = permit.grant, .offset = offset + mapped, .size = size - mapped},
             &fds);
         if (reply.error != 0) throw_errno(reply.error, "xpmem_attach");
-        map_pieces(start, reply, fds, read_only, size, mapped);
+        map_pieces(start, reply, fds, permit.link->uid, read_only, size, mapped);
     }
     ::madvise(range.data(), size, MADV_DONTFORK);  // fork children inherit no attachment
     std::lock_guard lock(mutex_);

@@ -106,14 +106,20 @@ inline constexpr std::uint32_t kPieceWritable = 1;
 // The piece is the owner's converted memory: the attacher watches it for faults, which
 // come when the owner's memory there changes.
 inline constexpr std::uint32_t kPieceFollowed = 2;
+// The piece is part of a SysV shared memory segment, which no descriptor can carry: the
+// attacher attaches segment `shm_id` itself (shmat(2), with its own IPC permission) and
+// keeps [file_offset, file_offset + length) of it.
+inline constexpr std::uint32_t kPieceSysv = 4;
 
-// One piece of an attached range: a file range to map, or a hole (fd_index < 0), which
-// the attacher watches too.
+// One piece of an attached range: a file range to map, a SysV segment's range, or a hole
+// (fd_index < 0 and no kPieceSysv), which the attacher watches too.
 struct Piece {
     std::uint64_t length;
     std::uint64_t file_offset;
     std::int32_t fd_index;  // into the descriptors carried by the reply
     std::uint32_t flags;    // kPiece*
+    std::int32_t shm_id;    // kPieceSysv only
+    std::uint32_t reserved;
 };
 
 inline constexpr std::size_t kMaxPieces = 64;
@@ -124,6 +130,7 @@ struct AttachReply {
     Header header{kMagic, Type::attach_reply};
     std::int32_t error;
     std::uint32_t piece_count;
+    std::uint64_t ipc_namespace;  // the owner's (inode of /proc/self/ns/ipc): names shm_ids
     Piece pieces[kMaxPieces];
 };
 

@@ -58,6 +58,7 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
     std::span<const Range> ours = request.ours;
     std::span<const std::uintptr_t> known_threads = request.known_threads;
     std::vector<Vma> maps = read_maps();
+    reply.ipc_namespace = ipc_namespace();
     // Holes: the library's own mappings, which are not the application's memory, and the
     // pages of thread descriptors, where the kernel writes behind our back (threads.hpp).
     std::vector<Range> holes(ours.begin(), ours.end());
@@ -71,17 +72,19 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
     std::size_t converted = 0;
     std::optional<std::vector<Range>> pinned;  // read when first needed
     auto add = [&](std::uint64_t length, std::uint64_t file_offset, int fd_index,
-                   std::uint32_t flags) {
+                   std::uint32_t flags, std::int32_t shm_id = 0) {
+        bool in_object = fd_index >= 0 || (flags & protocol::kPieceSysv) != 0;
         if (reply.piece_count > 0) {
             protocol::Piece &last = reply.pieces[reply.piece_count - 1];
-            bool contiguous = fd_index < 0 || last.file_offset + last.length == file_offset;
-            if (last.fd_index == fd_index && last.flags == flags && contiguous) {
+            bool contiguous = !in_object || last.file_offset + last.length == file_offset;
+            if (last.fd_index == fd_index && last.flags == flags && last.shm_id == shm_id &&
+                contiguous) {
                 last.length += length;
                 return;
             }
         }
         reply.pieces[reply.piece_count++] =
-            protocol::Piece{length, fd_index < 0 ? 0 : file_offset, fd_index, flags};
+            protocol::Piece{length, in_object ? file_offset : 0, fd_index, flags, shm_id, 0};
     };
     auto hole = [&](std::uint64_t length) { add(length, 0, -1, 0); };
     // The owner's converted memory: the attacher watches it for the owner's changes.
@@ -144,6 +147,13 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
                                vma->file_backed() && !Pagemap().any_anonymous(cursor, piece_end);
         if (vma->special() || !vma->readable) {
             hole(length);
+        } else if (vma->sysv_shm()) {
+            // No descriptor reaches a SysV segment: the attacher attaches it by its id, with
+            // its own IPC permission, so it gets nothing it could not attach itself.
+            add(length, vma_offset, -1,
+                protocol::kPieceSysv |
+                    (vma->writable && !read_only ? protocol::kPieceWritable : 0),
+                static_cast<std::int32_t>(vma->inode));
         } else if (file != nullptr && file->segid == segment.segid) {
             // Converted before for this segment. A file goes out only under grants of its
             // own segment: its revocation must reach every descriptor of it.

@@ -268,8 +268,7 @@ int move_over(Mapping &copy, std::uintptr_t start, int prot) noexcept {
     if (prot != (PROT_READ | PROT_WRITE) && ::mprotect(copy.data(), copy.size(), prot) < 0)
         return errno;
     std::size_t length = copy.size();
-    void *moved = ::mremap(copy.data(), length, length, MREMAP_MAYMOVE | MREMAP_FIXED,
-                           reinterpret_cast<void *>(start));
+    void *moved = util::move_mapping(copy.data(), length, reinterpret_cast<void *>(start));
     if (moved == MAP_FAILED) return errno;
     copy.release();
     ::madvise(moved, length, MADV_DOFORK);  // the copy was MADV_DONTFORK; the memory is not

@@ -1,6 +1,8 @@
 #pragma once
 
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +21,14 @@ constexpr std::uintptr_t page_up(std::uintptr_t a) {
 }
 constexpr bool page_aligned(std::uintptr_t a) {
     return (a & (kPageSize - 1)) == 0;
+}
+
+// mremap(from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to) as a raw system call: libraries
+// that interpose mremap see only four arguments (UCX 1.13's memory hooks, say, which patch
+// libc's own entry point) and pass garbage for `to`, moving the memory anywhere.
+inline void *move_mapping(void *from, std::size_t size, void *to) noexcept {
+    return reinterpret_cast<void *>(::syscall(SYS_mremap, from, size, size,
+                                              MREMAP_MAYMOVE | MREMAP_FIXED, to));
 }
 
 // Owns one mmap'ed range; unmaps it on destruction.
