@@ -286,8 +286,7 @@ wire::AttachReply sysv_reply(std::uint64_t size, int shm_id) {
 // holes: every page watched; or, given `shm_id`, that SysV segment for ATTACH and FAULT
 // alike) and FAULT (`on_fault`), for `pages` pages, until its parent ends it. Sends its
 // segid on `channel` (side a).
-xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault,
-                       int shm_id = -1) {
+xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault, int shm_id = -1) {
     return xt::Process([&channel, pages, on_fault, shm_id] {
         be(kAttackerUid);
         std::uint32_t key = 4242;
@@ -350,9 +349,9 @@ xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault
                         continue;
                     }
                     reply.piece_count = 1;
-                    reply.pieces[0] = wire::Piece{kPage, request.offset, 0,
-                                                  wire::kPieceWritable | wire::kPieceFollowed, 0,
-                                                  0};
+                    reply.pieces[0] = wire::Piece{
+                        kPage, request.offset, 0, wire::kPieceWritable | wire::kPieceFollowed, 0,
+                        0};
                     int descriptor = on_fault == OnFault::empty_file_page ? empty : memfd;
                     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
                     iovec io{&reply, sizeof reply};

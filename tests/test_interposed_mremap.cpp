@@ -11,7 +11,6 @@
 
 #include <atomic>
 #include <cstring>
-
 #include <xpmem/xpmem.hpp>
 
 #include "harness.hpp"
@@ -43,8 +42,7 @@ TEST_P(InterposedMremap, AttachWorksWithAFourArgumentMremapInThePicture) {
     xt::Channel channel;
     xt::Process owner([&] {
         auto memory = xt::anonymous(64 * kPage);
-        for (std::size_t i = 0; i < memory.size(); ++i)
-            memory[i] = static_cast<std::byte>(i % 251);
+        for (std::size_t i = 0; i < memory.size(); ++i) memory[i] = static_cast<std::byte>(i % 251);
         // The interposer is in effect: a mremap call from here reaches it.
         void *moved = mremap(memory.data() + 63 * kPage, kPage, kPage, 0);
         CHILD_CHECK(moved == memory.data() + 63 * kPage && interposed_calls.load() == 1);

@@ -13,7 +13,6 @@
 #include <cstring>
 #include <span>
 #include <string>
-
 #include <xpmem/xpmem.hpp>
 
 #include "harness.hpp"
@@ -135,8 +134,8 @@ TEST_P(SysV, ReadOnlyPermitCannotStore) {
         channel.receive_a<int>();
     });
     xt::Process attacher([&] {
-        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>(),
-                                         xpmem::Access::read_only);
+        auto permit =
+            xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>(), xpmem::Access::read_only);
         auto view = permit.attach(0, 2 * kPage);
         CHILD_CHECK(filled(view.bytes(), 'r'));
         *static_cast<volatile char *>(static_cast<void *>(view.data())) = 'x';

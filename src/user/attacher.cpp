@@ -190,14 +190,14 @@ bool map_sysv_piece(std::uintptr_t start, const protocol::Piece &piece, bool wri
     auto at = reinterpret_cast<std::uintptr_t>(base);
     std::size_t size = 0;
     if (::shmctl(piece.shm_id, IPC_STAT, &status) == 0) size = util::page_up(status.shm_segsz);
-    bool owners = owner_uid == 0 || status.shm_perm.uid == owner_uid ||
-                  status.shm_perm.cuid == owner_uid;
+    bool owners =
+        owner_uid == 0 || status.shm_perm.uid == owner_uid || status.shm_perm.cuid == owner_uid;
     if (!owners || piece.file_offset > size || piece.length > size - piece.file_offset) {
         ::shmdt(base);
         return false;
     }
-    void *moved = util::move_mapping(reinterpret_cast<void *>(at + piece.file_offset),
-                                     piece.length, reinterpret_cast<void *>(start));
+    void *moved = util::move_mapping(reinterpret_cast<void *>(at + piece.file_offset), piece.length,
+                                     reinterpret_cast<void *>(start));
     if (moved == MAP_FAILED) {
         ::munmap(base, size);
         return false;
@@ -245,8 +245,8 @@ bool Attacher::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
         bool writable = !hole && (piece.flags & protocol::kPieceWritable) != 0;
         int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
         // A segment we cannot attach is a hole, as an object the owner cannot open is.
-        if (sysv && !map_sysv_piece(start, piece, writable && !read_only, owner_uid,
-                                    reply.ipc_namespace))
+        if (sysv &&
+            !map_sysv_piece(start, piece, writable && !read_only, owner_uid, reply.ipc_namespace))
             hole = true;
         if (sysv && !hole) {
             // Mapped: like any shared object the owner maps, it is not followed.

@@ -151,8 +151,7 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
             // No descriptor reaches a SysV segment: the attacher attaches it by its id, with
             // its own IPC permission, so it gets nothing it could not attach itself.
             add(length, vma_offset, -1,
-                protocol::kPieceSysv |
-                    (vma->writable && !read_only ? protocol::kPieceWritable : 0),
+                protocol::kPieceSysv | (vma->writable && !read_only ? protocol::kPieceWritable : 0),
                 static_cast<std::int32_t>(vma->inode));
         } else if (file != nullptr && file->segid == segment.segid) {
             // Converted before for this segment. A file goes out only under grants of its

@@ -27,8 +27,8 @@ constexpr bool page_aligned(std::uintptr_t a) {
 // that interpose mremap see only four arguments (UCX 1.13's memory hooks, say, which patch
 // libc's own entry point) and pass garbage for `to`, moving the memory anywhere.
 inline void *move_mapping(void *from, std::size_t size, void *to) noexcept {
-    return reinterpret_cast<void *>(::syscall(SYS_mremap, from, size, size,
-                                              MREMAP_MAYMOVE | MREMAP_FIXED, to));
+    return reinterpret_cast<void *>(
+        ::syscall(SYS_mremap, from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to));
 }
 
 // Owns one mmap'ed range; unmaps it on destruction.

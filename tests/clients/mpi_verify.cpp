@@ -11,59 +11,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <memory>
 #include <random>
 #include <set>
 #include <span>
 #include <string>
-#include <vector>
+
+#include "verify.hpp"
 
 namespace {
 
-std::uint64_t word_at(std::uint64_t seed, std::uint64_t index) {
-    std::uint64_t z = seed * 0x9e3779b97f4a7c15ULL + index + 1;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-void fill(std::span<std::byte> bytes, std::uint64_t seed) {
-    for (std::size_t i = 0; i < bytes.size(); i += 8) {
-        std::uint64_t word = word_at(seed, i / 8);
-        std::memcpy(bytes.data() + i, &word, std::min<std::size_t>(8, bytes.size() - i));
-    }
-}
-
-std::size_t wrong_bytes(std::span<const std::byte> bytes, std::uint64_t seed) {
-    std::size_t wrong = 0;
-    for (std::size_t i = 0; i < bytes.size(); i += 8) {
-        std::uint64_t word = word_at(seed, i / 8);
-        std::size_t n = std::min<std::size_t>(8, bytes.size() - i);
-        for (std::size_t j = 0; j < n; ++j)
-            wrong += bytes[i + j] != reinterpret_cast<const std::byte *>(&word)[j];
-    }
-    return wrong;
-}
-
-struct Free {
-    void operator()(void *p) const { std::free(p); }
-};
-using HeapBuffer = std::unique_ptr<std::byte[], Free>;
-HeapBuffer heap(std::size_t size) {
-    auto *p = static_cast<std::byte *>(std::malloc(size));
-    if (p == nullptr) MPI_Abort(MPI_COMM_WORLD, 2);
-    return HeapBuffer(p);
-}
-
-int xpmem_mappings() {
-    std::ifstream maps("/proc/self/maps");
-    int count = 0;
-    for (std::string line; std::getline(maps, line);)
-        count += line.find("xpmem-segment") != std::string::npos ||
-                 line.find("/dev/xpmem") != std::string::npos;
-    return count;
-}
+using verify::fill;
+using verify::heap;
+using verify::wrong_bytes;
+using verify::xpmem_mappings;
 
 class Check {
   public:
@@ -105,15 +65,14 @@ class Check {
             MPI_Request requests[2];
             MPI_Irecv(in.get(), count_of(length), MPI_BYTE, previous, 2, MPI_COMM_WORLD,
                       &requests[0]);
-            MPI_Isend(out.get(), count_of(length), MPI_BYTE, next, 2, MPI_COMM_WORLD,
-                      &requests[1]);
+            MPI_Isend(out.get(), count_of(length), MPI_BYTE, next, 2, MPI_COMM_WORLD, &requests[1]);
             MPI_Waitall(2, requests, MPI_STATUSES_IGNORE);
             note(wrong_bytes({in.get(), length}, seed(previous, 1'000'000 + round)),
                  "reuse round " + std::to_string(round));
             bytes += length;
         }
-        report("buffer reuse, " + std::to_string(rounds) + " rounds, " +
-                   std::to_string(reused) + " from a reused address",
+        report("buffer reuse, " + std::to_string(rounds) + " rounds, " + std::to_string(reused) +
+                   " from a reused address",
                bytes);
     }
 
@@ -123,8 +82,8 @@ class Check {
             auto out = heap(block * size_), in = heap(block * size_);
             for (int to = 0; to < size_; ++to)
                 fill({out.get() + block * to, block}, seed(rank_ * 100 + to, block));
-            MPI_Alltoall(out.get(), count_of(block), MPI_BYTE, in.get(), count_of(block),
-                         MPI_BYTE, MPI_COMM_WORLD);
+            MPI_Alltoall(out.get(), count_of(block), MPI_BYTE, in.get(), count_of(block), MPI_BYTE,
+                         MPI_COMM_WORLD);
             for (int from = 0; from < size_; ++from)
                 note(wrong_bytes({in.get() + block * from, block}, seed(from * 100 + rank_, block)),
                      "alltoall block of " + std::to_string(block) + " B from " +
@@ -139,8 +98,10 @@ class Check {
         auto buffer = heap(kLength);
         std::span<std::byte> bytes(buffer.get(), kLength);
         for (int root = 0; root < size_; ++root) {
-            if (rank_ == root) fill(bytes, seed(root, 77));
-            else std::memset(bytes.data(), 0, kLength);
+            if (rank_ == root)
+                fill(bytes, seed(root, 77));
+            else
+                std::memset(bytes.data(), 0, kLength);
             MPI_Bcast(bytes.data(), count_of(kLength), MPI_BYTE, root, MPI_COMM_WORLD);
             note(wrong_bytes(bytes, seed(root, 77)), "bcast from " + std::to_string(root));
         }
@@ -215,8 +176,10 @@ int main(int argc, char **argv) {
     unsigned long long wrong = check.wrong(), total = 0;
     MPI_Reduce(&wrong, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
     if (rank == 0) {
-        if (total == 0) std::printf("mpi_verify: PASS, no wrong byte on %d ranks\n", size);
-        else std::printf("mpi_verify: FAILED, %llu wrong bytes\n", total);
+        if (total == 0)
+            std::printf("mpi_verify: PASS, no wrong byte on %d ranks\n", size);
+        else
+            std::printf("mpi_verify: FAILED, %llu wrong bytes\n", total);
     }
     MPI_Finalize();
     return total == 0 ? 0 : 1;

@@ -23,14 +23,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <memory>
 #include <random>
 #include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "verify.hpp"
 
 namespace {
 
@@ -125,55 +125,11 @@ std::pair<int, int> loopback_pair() {
     return {accepted, connecting};
 }
 
-// The bytes every check expects: a function of a seed and the position, 8 bytes at a time.
-std::uint64_t word_at(std::uint64_t seed, std::uint64_t index) {
-    std::uint64_t z = seed * 0x9e3779b97f4a7c15ULL + index + 1;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-void fill(std::span<std::byte> bytes, std::uint64_t seed) {
-    for (std::size_t i = 0; i < bytes.size(); i += 8) {
-        std::uint64_t word = word_at(seed, i / 8);
-        std::memcpy(bytes.data() + i, &word, std::min<std::size_t>(8, bytes.size() - i));
-    }
-}
-
-// How many bytes differ from what fill(seed) wrote, `bytes` being its part from byte
-// `offset` (a multiple of 8) on.
-std::size_t wrong_bytes(std::span<const std::byte> bytes, std::uint64_t seed,
-                        std::size_t offset = 0) {
-    std::size_t wrong = 0;
-    for (std::size_t i = 0; i < bytes.size(); i += 8) {
-        std::uint64_t word = word_at(seed, (offset + i) / 8);
-        std::size_t n = std::min<std::size_t>(8, bytes.size() - i);
-        for (std::size_t j = 0; j < n; ++j)
-            wrong += bytes[i + j] != reinterpret_cast<const std::byte *>(&word)[j];
-    }
-    return wrong;
-}
-
-// Heap memory from glibc's malloc, freed by free(): the addresses come back.
-struct Free {
-    void operator()(void *p) const { std::free(p); }
-};
-using HeapBuffer = std::unique_ptr<std::byte[], Free>;
-HeapBuffer heap(std::size_t size) {
-    auto *p = static_cast<std::byte *>(std::malloc(size));
-    if (p == nullptr) throw std::bad_alloc();
-    return HeapBuffer(p);
-}
-
-// This library's mappings in this process: memory it converted to share, or attachments.
-int xpmem_mappings() {
-    std::ifstream maps("/proc/self/maps");
-    int count = 0;
-    for (std::string line; std::getline(maps, line);)
-        count += line.find("xpmem-segment") != std::string::npos ||
-                 line.find("/dev/xpmem") != std::string::npos;
-    return count;
-}
+using verify::fill;
+using verify::heap;
+using verify::HeapBuffer;
+using verify::wrong_bytes;
+using verify::xpmem_mappings;
 
 class Peer {
   public:
@@ -262,9 +218,9 @@ class Peer {
     }
     void receive(std::span<std::byte> bytes, ucp_tag_t tag) {
         ucp_request_param_t param{};
-        check(wait(ucp_tag_recv_nbx(worker_, bytes.data(), bytes.size(), tag, ~ucp_tag_t{0},
-                                    &param)),
-              "tag receive");
+        check(
+            wait(ucp_tag_recv_nbx(worker_, bytes.data(), bytes.size(), tag, ~ucp_tag_t{0}, &param)),
+            "tag receive");
     }
     void flush() {
         ucp_request_param_t param{};
@@ -332,9 +288,10 @@ class Peer {
             }
         }
         barrier();
-        std::printf("rank %d: tagged cache pattern: %d rounds, %d sends from a reused address, "
-                    "received %zu bytes\n",
-                    rank_, rounds, reused, bytes);
+        std::printf(
+            "rank %d: tagged cache pattern: %d rounds, %d sends from a reused address, "
+            "received %zu bytes\n",
+            rank_, rounds, reused, bytes);
     }
 
     // Memory of this process the peer may put into and get from: from the heap, or
@@ -449,8 +406,8 @@ class Peer {
         }
         barrier();
         unexpose(mine);
-        std::printf("rank %d: put, get and tag on the peer's %s memory: %zu bytes checked\n",
-                    rank_, memory == Memory::heap ? "heap" : "UCX-allocated", bytes);
+        std::printf("rank %d: put, get and tag on the peer's %s memory: %zu bytes checked\n", rank_,
+                    memory == Memory::heap ? "heap" : "UCX-allocated", bytes);
     }
 
     // Each round the target frees its exposed heap buffer and allocates a new one (often
@@ -467,8 +424,8 @@ class Peer {
                 Exposed mine = expose(size);
                 std::span<std::byte> span = mine.bytes;
                 fill(span, seed);  // what the origin gets
-                barrier();    // filled
-                barrier();    // the origin got it and put its own
+                barrier();         // filled
+                barrier();         // the origin got it and put its own
                 count(wrong_bytes(span, seed + 1), "put, cache round " + std::to_string(round));
                 bytes += size;
                 unexpose(mine);
