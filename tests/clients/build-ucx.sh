@@ -5,8 +5,9 @@
 #   build-ucx.sh XPMEM_PREFIX [CACHE_DIR]
 #
 # The build is cached in CACHE_DIR (default /var/cache/xpmem-clients) under a key made of
-# UCX's Debian version and this library's ABI (soname and a hash of the installed header
-# and version script), so a machine builds it once per UCX release and ABI change. UCX
+# UCX's Debian version, this library's ABI (soname and a hash of the installed header and
+# version script) and this script, so a machine builds it once per UCX release, ABI change
+# and change of recipe. UCX
 # loads libxpmem.so.0 at run time, so a cached build runs on whatever library
 # LD_LIBRARY_PATH finds first. Only what the tests need is built: shared-memory
 # transports, tools and perftest; no verbs, CUDA, ROCm, KNEM, Java, Go or docs.
@@ -39,7 +40,8 @@ fi
 
 abi_hash=$(cat "$xpmem_prefix/include/xpmem.h" "$source_dir/../../src/libxpmem.map" |
     sha256sum | cut -c1-12)
-key=ucx-$ucx_version-libxpmem0-$abi_hash
+recipe_hash=$(sha256sum "$0" | cut -c1-8)  # this script: how UCX is configured
+key=ucx-$ucx_version-libxpmem0-$abi_hash-$recipe_hash
 ucx_prefix=$cache/$key
 if [[ -x $ucx_prefix/bin/ucx_info && -f $ucx_prefix/lib/ucx/libuct_xpmem.so ]]; then
     echo "$ucx_prefix"
@@ -55,6 +57,7 @@ trap 'rm -rf "$work"' EXIT
     cd src
     ./autogen.sh
     ./configure --prefix="$ucx_prefix" --with-xpmem="$xpmem_prefix" --enable-cma --enable-mt \
+        --disable-static \
         --disable-numa --disable-doxygen-doc --disable-examples --without-java --without-go \
         --without-verbs --without-rdmacm --without-cuda --without-rocm --without-knem \
         --without-gdrcopy --without-ugni --without-fuse3 --without-mpi
