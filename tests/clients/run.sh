@@ -41,6 +41,8 @@ echo "clients: ucx_info -d lists the xpmem memory domain and transport"
 flags=(-std=c++20 -O2 -g -Wall -Wextra -Werror)
 g++ "${flags[@]}" -o "$stage/ucp_verify" "$source_dir/ucp_verify.cpp" -I"$ucx/include" \
     -L"$ucx/lib" -lucp -lucs
+g++ "${flags[@]}" -o "$stage/ucm_mremap" "$source_dir/ucm_mremap.cpp" -I"$ucx/include" \
+    -L"$ucx/lib" -lucp -lucs
 # Open MPI's C++ bindings do not build with -Werror: the programs use the C API only.
 mpicxx "${flags[@]}" -DOMPI_SKIP_MPICXX=1 -o "$stage/mpi_verify" "$source_dir/mpi_verify.cpp"
 chmod -R a+rX "$stage"
@@ -79,6 +81,9 @@ verdict() {
     fi
     echo "clients: $name passed"
 }
+
+# UCX's own mremap bug (README), which the library works around: reported, not failed on.
+echo "clients: UCX's mremap hook: $("$stage/ucm_mremap" 2>&1 || true)"
 
 failed=0
 for who in root nobody; do
