@@ -19,6 +19,8 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <xpmem/xpmem.hpp>
@@ -319,6 +321,16 @@ int connect_user_service(pid_t pid) {
         close(fd);
     }
     return -1;
+}
+
+std::uint64_t own_start_time() {
+    std::ifstream stat("/proc/self/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    std::istringstream fields(text.substr(text.rfind(')') + 2));
+    std::string field;
+    for (int i = 3; i <= 22 && fields >> field; ++i)
+        if (i == 22) return std::stoull(field);
+    return 0;
 }
 
 bool readable_by_kernel(const void *address) {

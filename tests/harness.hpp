@@ -174,6 +174,10 @@ Reply ask(int socket, const Request &request, std::vector<int> *fds = nullptr) {
     return reply;
 }
 
+// This process's start time in clock ticks after boot (/proc/self/stat, field 22): what a
+// segid carries besides the pid (src/user/protocol.hpp), for tests posing as an owner.
+std::uint64_t own_start_time();
+
 // Whether the kernel can read from [address, address+1): false once it faults.
 bool readable_by_kernel(const void *address);
 

@@ -9,9 +9,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/shm.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -258,36 +256,14 @@ TEST_P(FollowAttacks, ForgedFaultsReachNothingAnAttachWouldNot) {
 
 namespace {
 
-std::uint64_t own_start_time() {
-    std::ifstream stat("/proc/self/stat");
-    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-    std::istringstream fields(text.substr(text.rfind(')') + 2));
-    std::string field;
-    for (int i = 3; i <= 22 && fields >> field; ++i)
-        if (i == 22) return std::stoull(field);
-    return 0;
-}
-
 // What a fake owner does with a FAULT request.
 enum class OnFault { never_answer, eagain, file_page, empty_file_page };
 
-// A writable piece of SysV segment `shm_id`, as an owner in our IPC namespace describes it.
-wire::AttachReply sysv_reply(std::uint64_t size, int shm_id) {
-    wire::AttachReply reply{};
-    struct stat ipc {};
-    CHILD_CHECK(stat("/proc/self/ns/ipc", &ipc) == 0);
-    reply.ipc_namespace = ipc.st_ino;
-    reply.piece_count = 1;
-    reply.pieces[0] = wire::Piece{size, 0, -1, wire::kPieceSysv | wire::kPieceWritable, shm_id, 0};
-    return reply;
-}
-
 // A process that poses as an owner without the library: serves GET (permit 1), ATTACH (all
-// holes: every page watched; or, given `shm_id`, that SysV segment for ATTACH and FAULT
-// alike) and FAULT (`on_fault`), for `pages` pages, until its parent ends it. Sends its
-// segid on `channel` (side a).
-xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault, int shm_id = -1) {
-    return xt::Process([&channel, pages, on_fault, shm_id] {
+// holes: every page watched) and FAULT (`on_fault`), for `pages` pages, until its parent
+// ends it. Sends its segid on `channel` (side a).
+xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault) {
+    return xt::Process([&channel, pages, on_fault] {
         be(kAttackerUid);
         std::uint32_t key = 4242;
         int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -304,7 +280,7 @@ xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault
             CHILD_CHECK(pwrite(memfd, "OWNER-DATA", 11, static_cast<off_t>(page * kPage)) == 11);
         int empty = memfd_create("fake-owner-empty", MFD_CLOEXEC);
         CHILD_CHECK(empty >= 0 && ftruncate(empty, static_cast<off_t>(pages * kPage)) == 0);
-        channel.send_a(wire::make_segid(1, own_start_time(), getpid()));
+        channel.send_a(wire::make_segid(1, xt::own_start_time(), getpid()));
         std::vector<pollfd> fds{{listener, POLLIN, 0}};
         auto deadline = std::chrono::steady_clock::now() + 60s;
         while (std::chrono::steady_clock::now() < deadline) {
@@ -332,16 +308,11 @@ xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault
                     reply.error = 0;
                     reply.piece_count = 1;
                     reply.pieces[0] = wire::Piece{request.size, 0, -1, 0, 0, 0};
-                    if (shm_id >= 0) reply = sysv_reply(request.size, shm_id);
                     send_raw(fds[i].fd, reply);
                 } else if (header.type == wire::Type::fault) {
                     wire::FaultRequest request;
                     std::memcpy(&request, buffer, sizeof request);
                     wire::AttachReply reply{};
-                    if (shm_id >= 0) {
-                        send_raw(fds[i].fd, sysv_reply(request.size, shm_id));
-                        continue;
-                    }
                     if (on_fault == OnFault::never_answer) continue;
                     if (on_fault == OnFault::eagain) {
                         reply.error = EAGAIN;
@@ -504,45 +475,3 @@ TEST_P(FollowAttacks, OwnerAnsweringAnAbsentPageCannotHoldTheAttachersThread) {
 }
 
 INSTANTIATE_BACKENDS(FollowAttacks);
-
-// A hostile owner (uid 65534) describes its segment as a SysV segment of a third user, one
-// that the victim attacher may write through a group it is in and the owner may not touch:
-// the victim's stores would land in the third user's memory, the owner using the victim as
-// its deputy. Expected secure behaviour: the attacher maps only segments of the owner's own
-// uid; the victim's store is SIGBUS and the third user's bytes stay as they were.
-TEST_P(FollowAttacks, ForgedSysvPieceCannotAimTheAttachersStoresAtAThirdUsersSegment) {
-    if (!xt::running_as_root()) GTEST_SKIP() << "needs root to run as three users";
-    constexpr uid_t kThirdUid = 4103;
-    constexpr gid_t kSharedGroup = 4100;  // the third user's and the victim's, not the owner's
-    xt::Channel third_channel;
-    xt::Process third([&] {
-        xt::become(kThirdUid, kSharedGroup);
-        int id = shmget(IPC_PRIVATE, kPage, IPC_CREAT | 0660);
-        CHILD_CHECK(id >= 0);
-        auto *memory = static_cast<char *>(shmat(id, nullptr, 0));
-        CHILD_CHECK(memory != reinterpret_cast<void *>(-1));
-        std::strcpy(memory, "third user's");
-        third_channel.send_a(id);
-        third_channel.receive_a<int>();
-        CHILD_CHECK(std::strcmp(memory, "third user's") == 0);
-        shmctl(id, IPC_RMID, nullptr);
-    });
-    int shm_id = third_channel.receive_b<int>();
-    xt::Channel channel;
-    xt::Process owner = fake_owner(channel, 1, OnFault::never_answer, shm_id);
-    auto segid = channel.receive_b<xpmem_segid_t>();
-    xt::Process attacher([&] {
-        xt::become(kVictimUid, kVictimUid, {kSharedGroup});
-        CHILD_CHECK(shmat(shm_id, nullptr, SHM_RDONLY) != reinterpret_cast<void *>(-1));
-        xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<volatile char *>(xpmem_attach(addr, kPage, nullptr));
-        CHILD_CHECK(view != reinterpret_cast<void *>(-1));
-        view[0] = 'X';
-    });
-    xt::Status status = attacher.wait(40s);
-    EXPECT_EQ(status.signal(), SIGBUS) << status.describe();
-    third_channel.send_b(1);
-    EXPECT_CHILD_OK(third);
-}

@@ -72,7 +72,8 @@ int access_at(volatile char *address, bool store, char value = 'X', char *loaded
     struct sigaction action {};
     action.sa_handler = on_access_signal;
     sigemptyset(&action.sa_mask);
-    struct sigaction old_bus {}, old_segv {};
+    struct sigaction old_bus {
+    }, old_segv{};
     sigaction(SIGBUS, &action, &old_bus);
     sigaction(SIGSEGV, &action, &old_segv);
     access_signal = 0;
@@ -129,16 +130,6 @@ long attach_count(int id) {
 
 // ---- a hostile owner ----------------------------------------------------------------------
 
-std::uint64_t own_start_time() {
-    std::ifstream stat("/proc/self/stat");
-    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-    std::istringstream fields(text.substr(text.rfind(')') + 2));
-    std::string field;
-    for (int i = 3; i <= 22 && fields >> field; ++i)
-        if (i == 22) return std::stoull(field);
-    return 0;
-}
-
 std::uint64_t own_ipc_namespace() {
     struct stat ipc {};
     CHILD_CHECK(stat("/proc/self/ns/ipc", &ipc) == 0);
@@ -181,7 +172,7 @@ xt::Process sysv_owner(xt::Channel &channel, uid_t listen_uid, uid_t serve_uid,
         CHILD_CHECK(listen(listener, 16) == 0);
         if (serve_uid != listen_uid) be(serve_uid, serve_uid);
         int shm_id = prepare();
-        channel.send_a(OwnerInfo{wire::make_segid(1, own_start_time(), getpid()), shm_id});
+        channel.send_a(OwnerInfo{wire::make_segid(1, xt::own_start_time(), getpid()), shm_id});
         std::vector<pollfd> fds{{listener, POLLIN, 0}};
         auto deadline = std::chrono::steady_clock::now() + 60s;
         while (std::chrono::steady_clock::now() < deadline) {
@@ -320,8 +311,8 @@ TEST_P(SysvAttacks, SysvPiecesThatDoNotFitTheSegmentAreHolesAndLeaveNothingBehin
         SCOPED_TRACE(variant.what);
         xt::Channel channel;
         xt::Process owner = sysv_owner(
-            channel, kAttackerUid, kAttackerUid,
-            [] { return make_segment(4, 0666, "OWNER-SYSV"); }, variant.reply);
+            channel, kAttackerUid, kAttackerUid, [] { return make_segment(4, 0666, "OWNER-SYSV"); },
+            variant.reply);
         auto info = channel.receive_b<OwnerInfo>();
         xt::Process victim([&] {
             be(kVictimUid, kVictimUid);
@@ -404,7 +395,7 @@ TEST_P(SysvAttacks, HugetlbSysvPieceLeavesNoMappingBehind) {
     xt::Channel channel;
     xt::Process owner = sysv_owner(
         channel, 0, 0,  // SHM_HUGETLB needs CAP_IPC_LOCK or vm.hugetlb_shm_group
-       
+
         [] {
             int id = shmget(IPC_PRIVATE, kPage, IPC_CREAT | SHM_HUGETLB | 0666);
             CHILD_CHECK(id >= 0);
@@ -429,24 +420,21 @@ TEST_P(SysvAttacks, HugetlbSysvPieceLeavesNoMappingBehind) {
         auto maps = sysv_mappings();
         long count = attach_count(info.shm_id);
         if (!maps.empty() || count != 1)
-            xt::fail(__FILE__, __LINE__,
-                     "after detach, nattch " + std::to_string(count) + ", mapped: " +
-                         describe(maps));
+            xt::fail(
+                __FILE__, __LINE__,
+                "after detach, nattch " + std::to_string(count) + ", mapped: " + describe(maps));
     });
     EXPECT_TRUE(victim.wait(40s).exited_ok());
 }
 
-// The attacher trusts a SysV segment of any user if the owner's uid is 0, and takes the
-// owner's uid from SO_PEERCRED, which gives the credentials the owner had when it called
-// listen(2), not the ones it has now. An owner that started as root and dropped to uid
-// 65534 afterwards (a daemon that sets up its segments, then drops privileges; or any
-// process of the library forked from a root parent after the service started) keeps a
-// socket that says uid 0. Here it answers with a SysV piece of a THIRD user's segment
-// (uid 4103, mode 0660, group 4100: the victim's group, not the owner's), which the owner,
-// now uid 65534, may not read or write itself.
+// A hostile owner (uid 65534) answers with a SysV piece of a THIRD user's segment (uid
+// 4103, mode 0660, group 4100: the victim's group, not the owner's), which the owner may
+// not read or write itself: the victim's stores would land in the third user's memory, the
+// owner using the victim as its deputy. The owner listens as `listen_uid`, then serves as
+// uid 65534.
 // Expected secure behaviour: the victim's attachment is a hole (SIGBUS); its store does not
 // reach the third user's segment.
-TEST_P(SysvAttacks, OwnerThatDroppedRootCannotAimTheAttachersStoresAtAThirdUsersSegment) {
+static void third_users_segment_attack(uid_t listen_uid) {
     xt::Channel third_channel;
     xt::Process third([&] {
         be(kThirdUid, kSharedGroup);
@@ -462,7 +450,7 @@ TEST_P(SysvAttacks, OwnerThatDroppedRootCannotAimTheAttachersStoresAtAThirdUsers
     const int third_id = third_channel.receive_b<int>();
     xt::Channel channel;
     xt::Process owner = sysv_owner(
-        channel, 0, kAttackerUid,
+        channel, listen_uid, kAttackerUid,
         [third_id] {
             // The owner itself may not touch the third user's segment.
             CHILD_CHECK(shmat(third_id, nullptr, SHM_RDONLY) == reinterpret_cast<void *>(-1));
@@ -486,6 +474,20 @@ TEST_P(SysvAttacks, OwnerThatDroppedRootCannotAimTheAttachersStoresAtAThirdUsers
     EXPECT_TRUE(victim.wait(40s).exited_ok());
     third_channel.send_b(1);
     EXPECT_TRUE(third.wait(20s).exited_ok());
+}
+
+TEST_P(SysvAttacks, ForgedSysvPieceCannotAimTheAttachersStoresAtAThirdUsersSegment) {
+    third_users_segment_attack(kAttackerUid);
+}
+
+// The same from an owner that listened as root and dropped to uid 65534 afterwards (a
+// daemon that sets up its segments, then drops privileges; or a process of the library
+// forked from a root parent after the service started). SO_PEERCRED gives the credentials
+// the owner had when it called listen(2): its socket still says uid 0, and an attacher that
+// trusted root owners with any segment would take the third user's.
+// Expected secure behaviour: as above.
+TEST_P(SysvAttacks, OwnerThatDroppedRootCannotAimTheAttachersStoresAtAThirdUsersSegment) {
+    third_users_segment_attack(0);
 }
 
 // ---- 2. an attacher of an honest owner with SysV memory in its segment --------------------
@@ -594,7 +596,8 @@ void fork_after_fault(bool sysv) {
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
             xt::fail(__FILE__, __LINE__,
                      "the fork child's load from the attachment did not raise SIGSEGV "
-                     "(exit " + std::to_string(WEXITSTATUS(status)) +
+                     "(exit " +
+                         std::to_string(WEXITSTATUS(status)) +
                          ": 10 = it read the owner's memory through the inherited piece)");
         channel.send_b(1);
     });
@@ -603,13 +606,17 @@ void fork_after_fault(bool sysv) {
 
 }  // namespace
 
-TEST_P(SysvAttacks, ForkChildInheritsNoSysvPieceMappedAtFault) { fork_after_fault(true); }
+TEST_P(SysvAttacks, ForkChildInheritsNoSysvPieceMappedAtFault) {
+    fork_after_fault(true);
+}
 
 // The same with the owner's private memory (made readable by mprotect after the attach):
 // the piece mapped at fault time is a file piece (mmap MAP_FIXED), which does not carry
 // MADV_DONTFORK either. Not part of the SysV change: shows whether the fault path leaks to
 // fork children for every piece.
-TEST_P(SysvAttacks, ForkChildInheritsNoFilePieceMappedAtFault) { fork_after_fault(false); }
+TEST_P(SysvAttacks, ForkChildInheritsNoFilePieceMappedAtFault) {
+    fork_after_fault(false);
+}
 
 // An honest owner with SysV memory in its segment removes the segment while an attacher
 // holds an attachment of it (mapped by shmat in the attacher).

@@ -65,7 +65,9 @@ std::shared_ptr<Attacher::Link> Attacher::link_to(xpmem_segid_t segid) {
     if (inserted) {
         it->second = std::make_shared<Link>();
         it->second->owner = owner;
-        it->second->uid = peer_credentials(socket.get()).uid;
+        PeerCredentials peer = peer_credentials(socket.get());
+        it->second->pid = peer.pid;
+        it->second->uid = peer.uid;
         it->second->socket = std::move(socket);
         // The service thread watches for the owner's end: its exit revokes everything.
         watch_link_(it->second->socket.get(), owner, true);
@@ -174,37 +176,54 @@ void map_fixed(std::uintptr_t start, std::size_t size, int prot, int flags, int 
     auto *at = reinterpret_cast<void *>(
         ::syscall(SYS_mmap, start, size, prot, flags | MAP_FIXED, fd, offset));
     if (at == MAP_FAILED) throw_last_errno("map attachment");
+    ::madvise(at, size, MADV_DONTFORK);  // fork children inherit no attachment
+}
+
+// Whether SysV segment `status` is the user `uid`'s: its owner or creator.
+bool owned_by(const struct shmid_ds &status, uid_t uid) {
+    return status.shm_perm.uid == uid || status.shm_perm.cuid == uid;
+}
+
+// Where the mapping that starts at `base` ends (a hugetlb segment maps whole huge pages).
+std::uintptr_t mapping_end(std::uintptr_t base) {
+    for (const Vma &vma : read_maps())
+        if (vma.start == base) return vma.end;
+    return base;
 }
 
 // Maps [piece.file_offset, + piece.length) of SysV segment piece.shm_id at `start`: attaches
-// the segment with our own IPC permission, keeps the piece, unmaps the rest. The owner named
-// the segment; it must be the owner's (or the owner root), lest an owner point our stores at
-// a third user's segment that we may write and it may not. Returns false if the segment
-// cannot be attached so (another IPC namespace, no permission, gone, too small).
+// the segment with our own IPC permission, moves the piece into place, detaches the rest.
+// The owner named the segment, so it must be the owner's, lest an owner aim our stores at a
+// third user's segment that we may write and it may not: the segment's owner or creator is
+// the user the owner process was when it listened and still is, with every id. Returns
+// false if the segment cannot be attached so (another IPC namespace, no permission, not
+// the owner's, gone, too small, or a piece that cannot be moved).
 bool map_sysv_piece(std::uintptr_t start, const protocol::Piece &piece, bool writable,
-                    uid_t owner_uid, std::uint64_t owner_ipc_namespace) {
+                    pid_t owner_pid, uid_t owner_uid, std::uint64_t owner_ipc_namespace) {
     if (owner_ipc_namespace == 0 || owner_ipc_namespace != ipc_namespace()) return false;
+    struct shmid_ds status {};
+    // Checked before attaching too: a segment not the owner's is left untouched.
+    if (::shmctl(piece.shm_id, IPC_STAT, &status) < 0 || !owned_by(status, owner_uid) ||
+        !runs_only_as(owner_pid, owner_uid))
+        return false;
     void *base = ::shmat(piece.shm_id, nullptr, writable ? 0 : SHM_RDONLY);
     if (base == reinterpret_cast<void *>(-1)) return false;
-    struct shmid_ds status {};
+    // Attached, the id names this segment until we detach it: the check holds for good.
     auto at = reinterpret_cast<std::uintptr_t>(base);
-    std::size_t size = 0;
-    if (::shmctl(piece.shm_id, IPC_STAT, &status) == 0) size = util::page_up(status.shm_segsz);
-    bool owners =
-        owner_uid == 0 || status.shm_perm.uid == owner_uid || status.shm_perm.cuid == owner_uid;
-    if (!owners || piece.file_offset > size || piece.length > size - piece.file_offset) {
-        ::shmdt(base);
+    std::uintptr_t end = mapping_end(at);
+    bool fits = ::shmctl(piece.shm_id, IPC_STAT, &status) == 0 && owned_by(status, owner_uid);
+    std::size_t size = fits ? std::min<std::size_t>(end - at, util::page_up(status.shm_segsz)) : 0;
+    if (!fits || piece.file_offset > size || piece.length > size - piece.file_offset ||
+        util::move_mapping(reinterpret_cast<void *>(at + piece.file_offset), piece.length,
+                           reinterpret_cast<void *>(start)) == MAP_FAILED) {
+        ::shmdt(base);  // all of it, whatever its page size
         return false;
     }
-    void *moved = util::move_mapping(reinterpret_cast<void *>(at + piece.file_offset), piece.length,
-                                     reinterpret_cast<void *>(start));
-    if (moved == MAP_FAILED) {
-        ::munmap(base, size);
-        return false;
-    }
+    ::madvise(reinterpret_cast<void *>(start), piece.length, MADV_DONTFORK);
+    // The move worked, so what is left is whole pages of the mapping's own size.
     if (piece.file_offset > 0) ::munmap(base, piece.file_offset);
     std::uintptr_t rest = at + piece.file_offset + piece.length;
-    if (rest < at + size) ::munmap(reinterpret_cast<void *>(rest), at + size - rest);
+    if (rest < end) ::munmap(reinterpret_cast<void *>(rest), end - rest);
     return true;
 }
 
@@ -226,7 +245,7 @@ Fetcher &Attacher::fetcher() {
 // and the owner's converted memory are watched for faults (user/fetcher.hpp). Returns, if
 // `touched` lies in what it mapped, whether it lies in a hole.
 bool Attacher::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
-                          std::span<const UniqueFd> fds, uid_t owner_uid, bool read_only,
+                          std::span<const UniqueFd> fds, const Link &owner, bool read_only,
                           std::size_t limit, std::size_t &mapped,
                           std::optional<std::uintptr_t> touched) {
     if (reply.piece_count == 0 || reply.piece_count > protocol::kMaxPieces)
@@ -245,8 +264,8 @@ bool Attacher::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
         bool writable = !hole && (piece.flags & protocol::kPieceWritable) != 0;
         int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
         // A segment we cannot attach is a hole, as an object the owner cannot open is.
-        if (sysv &&
-            !map_sysv_piece(start, piece, writable && !read_only, owner_uid, reply.ipc_namespace))
+        if (sysv && !map_sysv_piece(start, piece, writable && !read_only, owner.pid, owner.uid,
+                                    reply.ipc_namespace))
             hole = true;
         if (sysv && !hole) {
             // Mapped: like any shared object the owner maps, it is not followed.
@@ -344,7 +363,7 @@ void Attacher::fetch_for(const Fault &fault) {
     }
     if (error == 0) {
         try {
-            hole = map_pieces(page, reply, fds, permit.link->uid, attachment.prot == PROT_READ,
+            hole = map_pieces(page, reply, fds, *permit.link, attachment.prot == PROT_READ,
                               end - page, mapped, fault.address);
         } catch (const std::system_error &) {
             // A broken reply: the access fails.
@@ -413,7 +432,7 @@ void *Attacher::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size
                 .permit = permit.grant, .offset = offset + mapped, .size = size - mapped},
             &fds);
         if (reply.error != 0) throw_errno(reply.error, "xpmem_attach");
-        map_pieces(start, reply, fds, permit.link->uid, read_only, size, mapped);
+        map_pieces(start, reply, fds, *permit.link, read_only, size, mapped);
     }
     ::madvise(range.data(), size, MADV_DONTFORK);  // fork children inherit no attachment
     std::lock_guard lock(mutex_);

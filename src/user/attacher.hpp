@@ -63,7 +63,8 @@ class Attacher {
   private:
     struct Link {
         std::uint64_t owner;  // protocol::owner_of() of its segids
-        uid_t uid;            // the owner's, from SO_PEERCRED
+        pid_t pid;            // the owner's, from SO_PEERCRED
+        uid_t uid;            // the owner's when it listened (SO_PEERCRED)
         util::UniqueFd socket;
         std::mutex mutex;   // one request/reply at a time
         unsigned owed = 0;  // guarded by `mutex`: replies that did not come in time
@@ -87,7 +88,7 @@ class Attacher {
     template <class Reply, class Request>
     Reply ask(Link &link, const Request &request, std::vector<util::UniqueFd> *fds = nullptr);
     bool map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
-                    std::span<const util::UniqueFd> fds, uid_t owner_uid, bool read_only,
+                    std::span<const util::UniqueFd> fds, const Link &owner, bool read_only,
                     std::size_t limit, std::size_t &mapped,
                     std::optional<std::uintptr_t> touched = {});
     void resolve_fault(const Fault &fault) noexcept;

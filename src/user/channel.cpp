@@ -144,6 +144,30 @@ std::optional<std::uint64_t> start_time_of(pid_t pid) {
     return start;
 }
 
+bool runs_only_as(pid_t pid, uid_t uid) {
+    std::optional<pid_t> number = pid_in_proc(pid);
+    if (!number) return false;
+    std::string path = "/proc/" + std::to_string(*number) + "/status";
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return false;
+    char text[4096];
+    ssize_t got = ::read(fd.get(), text, sizeof text - 1);
+    if (got <= 0) return false;
+    std::string_view status(text, static_cast<std::size_t>(got));
+    std::size_t at = status.find("\nUid:");
+    if (at == std::string_view::npos) return false;
+    const char *cursor = status.data() + at + 5;
+    const char *end = status.data() + status.size();
+    for (int field = 0; field < 4; ++field) {
+        while (cursor < end && (*cursor == ' ' || *cursor == '\t')) ++cursor;
+        uid_t value = 0;
+        auto [next, error] = std::from_chars(cursor, end, value);
+        if (error != std::errc{} || value != uid) return false;
+        cursor = next;
+    }
+    return true;
+}
+
 UniqueFd connect_to_owner(std::int64_t segid) {
     pid_t pid = protocol::owner_pid(segid);
     for (const std::string &name : service_names(pid)) {

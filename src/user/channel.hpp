@@ -36,6 +36,10 @@ util::UniqueFd connect_to(pid_t pid, std::uint32_t key);
 util::UniqueFd connect_to_owner(std::int64_t segid);
 // The start time of process `pid` (0: this process) in clock ticks after boot, if readable.
 std::optional<std::uint64_t> start_time_of(pid_t pid);
+// Whether every user id of process `pid` (real, effective, saved, filesystem) is `uid` now.
+// SO_PEERCRED tells who a peer was when it connected or listened: a process that was root
+// then may have become another user since.
+bool runs_only_as(pid_t pid, uid_t uid);
 PeerCredentials peer_credentials(int socket);
 
 // Sends one message; `nonblocking` fails with EAGAIN instead of waiting for buffer space.
