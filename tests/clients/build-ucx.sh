@@ -16,6 +16,7 @@ xpmem_prefix=$(cd "$1" && pwd)
 cache=${2:-/var/cache/xpmem-clients}
 source_dir=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$cache"
+chmod a+rx "$cache"
 
 # Debian's source packages, through an apt configuration of our own so the machine's
 # sources stay as they are: the deb entries of the machine, turned into deb-src.
@@ -72,4 +73,5 @@ trap 'rm -rf "$work"' EXIT
     exit 1
 }
 mv "$work.log" "$ucx_prefix/build.log"
+chmod -R a+rX "$ucx_prefix"  # other users run it too, whatever the umask
 echo "$ucx_prefix"
