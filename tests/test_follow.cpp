@@ -1081,7 +1081,9 @@ void cache_attacher(xt::Channel &channel) {
             std::ostringstream report;
             report << "round " << round.round << " (" << (round.mapped ? "mmap" : "malloc")
                    << " of " << round.size << " bytes at "
-                   << hex(reinterpret_cast<void *>(round.address)) << "): " << check.what;
+                   << hex(reinterpret_cast<void *>(round.address))
+                   << (round.racing_unmap ? ", where the churn thread was still unmapping" : "")
+                   << "): " << check.what;
             first = report.str();
         }
         channel.send_b(round.round);
