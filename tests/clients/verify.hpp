@@ -12,6 +12,7 @@
 #include <new>
 #include <span>
 #include <string>
+#include <string_view>
 
 namespace verify {
 
@@ -55,14 +56,19 @@ inline HeapBuffer heap(std::size_t size) {
     return HeapBuffer(p);
 }
 
-// This library's mappings in this process: memory it converted to share (user backend),
-// or attachments (kernel backend).
+// This library's mappings in this process: memory it converted to share (user backend:
+// "/memfd:xpmem-segment-rw (deleted)"), or attachments (kernel backend: the device or the
+// module's pseudo file); not the libraries themselves (libxpmem, UCX's libuct_xpmem).
 inline int xpmem_mappings() {
     std::ifstream maps("/proc/self/maps");
     int count = 0;
-    for (std::string line; std::getline(maps, line);)
-        count += line.find("xpmem-segment") != std::string::npos ||
-                 line.find("/dev/xpmem") != std::string::npos;
+    for (std::string line; std::getline(maps, line);) {
+        std::size_t slash = line.rfind('/');
+        if (slash == std::string::npos) continue;
+        std::string_view name = std::string_view(line).substr(slash + 1);  // the file's name
+        count += name.find("xpmem") != std::string_view::npos &&
+                 name.find(".so") == std::string_view::npos;
+    }
     return count;
 }
 
