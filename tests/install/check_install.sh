@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the built project into a scratch prefix, then builds and runs a classic C
-# client through pkg-config (cray-xpmem and xpmem) and a C++ one through find_package.
+# Installs the built project into a scratch prefix, runs an installed program without
+# LD_LIBRARY_PATH (its run path finds the library), then builds and runs a classic C client
+# through pkg-config (cray-xpmem and xpmem) and a C++ one through find_package.
 set -euo pipefail
 build_dir=$1
 source_dir=$(cd "$(dirname "$0")" && pwd)
@@ -15,6 +16,10 @@ for package in cray-xpmem xpmem; do
         $(pkg-config --cflags --libs "$package")
     "$prefix/classic"
 done
+# Installed programs find the installed library by themselves, wherever the prefix is.
+if [[ -x $prefix/bin/xpmem-example-c ]]; then
+    env -u LD_LIBRARY_PATH "$prefix/bin/xpmem-example-c" | grep -q "hello back from the attacher"
+fi
 cmake -S "$source_dir/consumer" -B "$prefix/consumer" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
 cmake --build "$prefix/consumer" >/dev/null
 "$prefix/consumer/consumer"
