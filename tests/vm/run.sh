@@ -94,8 +94,10 @@ if [[ ! -x $checkpatch ]]; then
         --wildcards '*/scripts/checkpatch.pl' '*/scripts/spelling.txt' \
         '*/scripts/const_structs.checkpatch'
 fi
-for source in module/*.c module/*.h; do
-    "$checkpatch" --no-tree --quiet -f "$source" || { echo "checkpatch: $source"; exit 1; }
+# From its own directory: in a git tree checkpatch leaves a .checkpatch-camelcase.* cache.
+for source in "$PWD"/module/*.c "$PWD"/module/*.h; do
+    (cd "$work/checkpatch" && "$checkpatch" --no-tree --quiet -f "$source") ||
+        { echo "checkpatch: $source"; exit 1; }
 done
 
 # The suite, linked statically: the guest has no libraries.
