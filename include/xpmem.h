@@ -9,6 +9,7 @@
 #ifndef XPMEM_H
 #define XPMEM_H
 
+#include <linux/types.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -17,8 +18,9 @@
 extern "C" {
 #endif
 
-typedef int64_t xpmem_segid_t; /* segment id, positive */
-typedef int64_t xpmem_apid_t;  /* access permit id, positive */
+/* As the classic header has them (long long): printf's %lld and C++ overloads agree. */
+typedef __s64 xpmem_segid_t; /* segment id, positive */
+typedef __s64 xpmem_apid_t;  /* access permit id, positive */
 
 struct xpmem_addr {
     xpmem_apid_t apid; /* permit to attach through */

@@ -34,6 +34,7 @@ int main(void)
 		return 5;
 	if (xpmem_detach(view) || xpmem_release(apid) || xpmem_remove(segid))
 		return 6;
-	printf("classic client: ok\n");
+	/* As classic clients print ids: the types are long long, as in the classic header. */
+	printf("classic client: segment %llx, permit %llx: ok\n", segid, apid);
 	return 0;
 }

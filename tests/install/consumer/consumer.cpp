@@ -3,6 +3,10 @@
 
 #include <cstdio>
 #include <string>
+#include <type_traits>
+
+// C++ code overloads on the id types as the classic header defines them (long long).
+static_assert(std::is_same_v<xpmem_segid_t, long long> && std::is_same_v<xpmem_apid_t, long long>);
 
 int main() {
     void *memory = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
