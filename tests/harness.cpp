@@ -323,6 +323,49 @@ int connect_user_service(pid_t pid) {
     return -1;
 }
 
+int bind_user_service(std::uint32_t key) {
+    int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    std::string name = xpmem::user::protocol::socket_name(getpid(), key);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::memcpy(address.sun_path + 1, name.data(), name.size());
+    auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    CHILD_CHECK(bind(listener, reinterpret_cast<sockaddr *>(&address), length) == 0);
+    CHILD_CHECK(listen(listener, 16) == 0);
+    return listener;
+}
+
+void serve_user_requests(
+    int listener, std::chrono::seconds limit,
+    const std::function<void(int connection, std::span<const std::byte> message)> &serve) {
+    std::vector<pollfd> fds{{listener, POLLIN, 0}};
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (poll(fds.data(), fds.size(), 100) <= 0) continue;
+        if (fds[0].revents & POLLIN) {
+            int connection = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+            if (connection >= 0) fds.push_back({connection, POLLIN, 0});
+        }
+        for (std::size_t i = 1; i < fds.size(); ++i) {
+            if ((fds[i].revents & (POLLIN | POLLHUP)) == 0) continue;
+            alignas(8) std::byte buffer[64];
+            ssize_t got = recv(fds[i].fd, buffer, sizeof buffer, 0);
+            if (got <= 0) {
+                fds[i].fd = -1;  // poll ignores it from now on
+                continue;
+            }
+            serve(fds[i].fd, std::span(buffer, static_cast<std::size_t>(got)));
+        }
+    }
+}
+
+void *get_and_attach(std::int64_t segid, int flags, std::size_t size) {
+    xpmem_apid_t apid = xpmem_get(segid, flags, XPMEM_PERMIT_MODE, nullptr);
+    CHILD_CHECK(apid > 0);
+    xpmem_addr addr{apid, 0};
+    return xpmem_attach(addr, size, nullptr);
+}
+
 std::uint64_t own_start_time() {
     std::ifstream stat("/proc/self/stat");
     std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());

@@ -174,6 +174,20 @@ Reply ask(int socket, const Request &request, std::vector<int> *fds = nullptr) {
     return reply;
 }
 
+// For a process posing as a user-backend owner without the library: binds the service
+// name of the calling process under `key` (src/user/protocol.hpp), as any process may for
+// its own pid, and listens.
+int bind_user_service(std::uint32_t key);
+// Serves the connections to `listener` for `limit`: every message (at most 64 bytes, the
+// size of every request) goes to `serve` with the connection it came on; a connection that
+// ends is dropped.
+void serve_user_requests(
+    int listener, std::chrono::seconds limit,
+    const std::function<void(int connection, std::span<const std::byte> message)> &serve);
+// Gets a permit for `segid` with `flags` (the child fails without one) and attaches `size`
+// bytes from its start: the attachment, or (void *)-1.
+void *get_and_attach(std::int64_t segid, int flags, std::size_t size);
+
 // This process's start time in clock ticks after boot (/proc/self/stat, field 22): what a
 // segid carries besides the pid (src/user/protocol.hpp), for tests posing as an owner.
 std::uint64_t own_start_time();

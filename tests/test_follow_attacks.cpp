@@ -4,14 +4,11 @@
 // attack and asserts the secure behaviour; a test that fails shows a hole that is open.
 
 #include <fcntl.h>
-#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <xpmem.h>
@@ -265,15 +262,7 @@ enum class OnFault { never_answer, eagain, file_page, empty_file_page };
 xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault) {
     return xt::Process([&channel, pages, on_fault] {
         be(kAttackerUid);
-        std::uint32_t key = 4242;
-        int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        std::string name = wire::socket_name(getpid(), key);
-        sockaddr_un address{};
-        address.sun_family = AF_UNIX;
-        std::memcpy(address.sun_path + 1, name.data(), name.size());
-        auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-        CHILD_CHECK(bind(listener, reinterpret_cast<sockaddr *>(&address), length) == 0);
-        CHILD_CHECK(listen(listener, 16) == 0);
+        int listener = xt::bind_user_service(4242);
         int memfd = memfd_create("fake-owner", MFD_CLOEXEC);
         CHILD_CHECK(memfd >= 0 && ftruncate(memfd, static_cast<off_t>(pages * kPage)) == 0);
         for (std::size_t page = 0; page < pages; ++page)  // every page present in the file
@@ -281,66 +270,40 @@ xt::Process fake_owner(xt::Channel &channel, std::size_t pages, OnFault on_fault
         int empty = memfd_create("fake-owner-empty", MFD_CLOEXEC);
         CHILD_CHECK(empty >= 0 && ftruncate(empty, static_cast<off_t>(pages * kPage)) == 0);
         channel.send_a(wire::make_segid(1, xt::own_start_time(), getpid()));
-        std::vector<pollfd> fds{{listener, POLLIN, 0}};
-        auto deadline = std::chrono::steady_clock::now() + 60s;
-        while (std::chrono::steady_clock::now() < deadline) {
-            if (poll(fds.data(), fds.size(), 100) <= 0) continue;
-            if (fds[0].revents & POLLIN) {
-                int connection = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-                if (connection >= 0) fds.push_back({connection, POLLIN, 0});
-            }
-            for (std::size_t i = 1; i < fds.size(); ++i) {
-                if ((fds[i].revents & (POLLIN | POLLHUP)) == 0) continue;
-                alignas(8) char buffer[64];
-                ssize_t got = recv(fds[i].fd, buffer, sizeof buffer, 0);
-                if (got <= 0) {
-                    fds[i].fd = -1;  // poll ignores it from now on
-                    continue;
-                }
+        xt::serve_user_requests(
+            listener, 60s, [&](int connection, std::span<const std::byte> message) {
                 wire::Header header;
-                std::memcpy(&header, buffer, sizeof header);
+                std::memcpy(&header, message.data(), sizeof header);
                 if (header.type == wire::Type::get) {
-                    send_raw(fds[i].fd, wire::GetReply{.error = 0, .permit = 1});
+                    send_raw(connection, wire::GetReply{.error = 0, .permit = 1});
                 } else if (header.type == wire::Type::attach) {
                     wire::AttachRequest request;
-                    std::memcpy(&request, buffer, sizeof request);
+                    std::memcpy(&request, message.data(), sizeof request);
                     wire::AttachReply reply{};
                     reply.error = 0;
                     reply.piece_count = 1;
                     reply.pieces[0] = wire::Piece{request.size, 0, -1, 0, 0, 0};
-                    send_raw(fds[i].fd, reply);
+                    send_raw(connection, reply);
                 } else if (header.type == wire::Type::fault) {
                     wire::FaultRequest request;
-                    std::memcpy(&request, buffer, sizeof request);
+                    std::memcpy(&request, message.data(), sizeof request);
                     wire::AttachReply reply{};
-                    if (on_fault == OnFault::never_answer) continue;
+                    if (on_fault == OnFault::never_answer) return;
                     if (on_fault == OnFault::eagain) {
                         reply.error = EAGAIN;
-                        send_raw(fds[i].fd, reply);
-                        continue;
+                        send_raw(connection, reply);
+                        return;
                     }
                     reply.piece_count = 1;
                     reply.pieces[0] = wire::Piece{
                         kPage, request.offset, 0, wire::kPieceWritable | wire::kPieceFollowed, 0,
                         0};
                     int descriptor = on_fault == OnFault::empty_file_page ? empty : memfd;
-                    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-                    iovec io{&reply, sizeof reply};
-                    msghdr message{};
-                    message.msg_iov = &io;
-                    message.msg_iovlen = 1;
-                    message.msg_control = control;
-                    message.msg_controllen = sizeof control;
-                    cmsghdr *c = CMSG_FIRSTHDR(&message);
-                    c->cmsg_level = SOL_SOCKET;
-                    c->cmsg_type = SCM_RIGHTS;
-                    c->cmsg_len = CMSG_LEN(sizeof(int));
-                    std::memcpy(CMSG_DATA(c), &descriptor, sizeof descriptor);
-                    CHILD_CHECK(sendmsg(fds[i].fd, &message, MSG_NOSIGNAL) ==
+                    CHILD_CHECK(xt::send_descriptor(connection, descriptor,
+                                                    std::as_bytes(std::span(&reply, 1))) ==
                                 static_cast<ssize_t>(sizeof reply));
                 }
-            }
-        }
+            });
     });
 }
 
@@ -382,10 +345,7 @@ TEST_P(FollowAttacks, OwnerAnsweringEagainForeverCannotHoldTheAttachersThread) {
     auto segid = channel.receive_b<xpmem_segid_t>();
     xt::Process attacher([&] {
         be(kVictimUid);
-        xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<volatile char *>(xpmem_attach(addr, 4 * kPage, nullptr));
+        auto *view = static_cast<volatile char *>(xt::get_and_attach(segid, XPMEM_RDWR, 4 * kPage));
         CHILD_CHECK(view != reinterpret_cast<void *>(-1));
         double took = timed_load(view, 20s);
         if (took < 0)
@@ -417,10 +377,8 @@ TEST_P(FollowAttacks, SilentOwnerDoesNotStallFaultsOnAnotherOwnersAttachment) {
     xt::Process attacher([&] {
         be(kVictimUid);
         auto attach = [](xpmem_segid_t segid) {
-            xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-            CHILD_CHECK(apid > 0);
-            xpmem_addr addr{apid, 0};
-            auto *view = static_cast<volatile char *>(xpmem_attach(addr, 4 * kPage, nullptr));
+            auto *view =
+                static_cast<volatile char *>(xt::get_and_attach(segid, XPMEM_RDWR, 4 * kPage));
             CHILD_CHECK(view != reinterpret_cast<void *>(-1));
             return view;
         };
@@ -458,10 +416,7 @@ TEST_P(FollowAttacks, OwnerAnsweringAnAbsentPageCannotHoldTheAttachersThread) {
     auto segid = channel.receive_b<xpmem_segid_t>();
     xt::Process attacher([&] {
         be(kVictimUid);
-        xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<volatile char *>(xpmem_attach(addr, 4 * kPage, nullptr));
+        auto *view = static_cast<volatile char *>(xt::get_and_attach(segid, XPMEM_RDWR, 4 * kPage));
         CHILD_CHECK(view != reinterpret_cast<void *>(-1));
         double took = timed_load(view, 20s);
         if (took < 0)

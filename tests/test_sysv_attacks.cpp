@@ -4,16 +4,13 @@
 // has SysV memory in its segment. Each test states the attack and asserts the secure
 // behaviour; a test that fails shows a hole that is open.
 
-#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/shm.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <xpmem.h>
@@ -161,49 +158,26 @@ xt::Process sysv_owner(xt::Channel &channel, uid_t listen_uid, uid_t serve_uid,
                        std::function<wire::AttachReply(std::uint64_t, int)> reply_for) {
     return xt::Process([&channel, listen_uid, serve_uid, prepare, reply_for] {
         if (listen_uid != 0) be(listen_uid, listen_uid);
-        std::uint32_t key = 4343;
-        int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        std::string name = wire::socket_name(getpid(), key);
-        sockaddr_un address{};
-        address.sun_family = AF_UNIX;
-        std::memcpy(address.sun_path + 1, name.data(), name.size());
-        auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-        CHILD_CHECK(bind(listener, reinterpret_cast<sockaddr *>(&address), length) == 0);
-        CHILD_CHECK(listen(listener, 16) == 0);
+        int listener = xt::bind_user_service(4343);
         if (serve_uid != listen_uid) be(serve_uid, serve_uid);
         int shm_id = prepare();
         channel.send_a(OwnerInfo{wire::make_segid(1, xt::own_start_time(), getpid()), shm_id});
-        std::vector<pollfd> fds{{listener, POLLIN, 0}};
-        auto deadline = std::chrono::steady_clock::now() + 60s;
-        while (std::chrono::steady_clock::now() < deadline) {
-            if (poll(fds.data(), fds.size(), 100) <= 0) continue;
-            if (fds[0].revents & POLLIN) {
-                int connection = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-                if (connection >= 0) fds.push_back({connection, POLLIN, 0});
-            }
-            for (std::size_t i = 1; i < fds.size(); ++i) {
-                if ((fds[i].revents & (POLLIN | POLLHUP)) == 0) continue;
-                alignas(8) char buffer[64];
-                ssize_t got = recv(fds[i].fd, buffer, sizeof buffer, 0);
-                if (got <= 0) {
-                    fds[i].fd = -1;
-                    continue;
-                }
+        xt::serve_user_requests(
+            listener, 60s, [&](int connection, std::span<const std::byte> message) {
                 wire::Header header;
-                std::memcpy(&header, buffer, sizeof header);
+                std::memcpy(&header, message.data(), sizeof header);
                 if (header.type == wire::Type::get) {
-                    xt::send_raw(fds[i].fd, wire::GetReply{.error = 0, .permit = 1});
+                    xt::send_raw(connection, wire::GetReply{.error = 0, .permit = 1});
                 } else if (header.type == wire::Type::attach) {
                     wire::AttachRequest request;
-                    std::memcpy(&request, buffer, sizeof request);
-                    xt::send_raw(fds[i].fd, reply_for(request.size, shm_id));
+                    std::memcpy(&request, message.data(), sizeof request);
+                    xt::send_raw(connection, reply_for(request.size, shm_id));
                 } else if (header.type == wire::Type::fault) {
                     wire::FaultRequest request;
-                    std::memcpy(&request, buffer, sizeof request);
-                    xt::send_raw(fds[i].fd, reply_for(request.size, shm_id));
+                    std::memcpy(&request, message.data(), sizeof request);
+                    xt::send_raw(connection, reply_for(request.size, shm_id));
                 }
-            }
-        }
+            });
         _exit(0);
     });
 }
@@ -244,10 +218,7 @@ TEST_P(SysvAttacks, WritableSysvPieceOnAReadOnlyPermitIsMappedReadOnly) {
     auto info = channel.receive_b<OwnerInfo>();
     xt::Process victim([&] {
         be(kVictimUid, kVictimUid);
-        xpmem_apid_t apid = xpmem_get(info.segid, XPMEM_RDONLY, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<char *>(xpmem_attach(addr, 4 * kPage, nullptr));
+        auto *view = static_cast<char *>(xt::get_and_attach(info.segid, XPMEM_RDONLY, 4 * kPage));
         CHILD_CHECK(view != reinterpret_cast<void *>(-1));
         CHILD_CHECK(access_at(view, false) == 0);
         CHILD_CHECK(std::strcmp(view, "OWNER-SYSV") == 0);  // mapped, not a hole
@@ -316,10 +287,7 @@ TEST_P(SysvAttacks, SysvPiecesThatDoNotFitTheSegmentAreHolesAndLeaveNothingBehin
         auto info = channel.receive_b<OwnerInfo>();
         xt::Process victim([&] {
             be(kVictimUid, kVictimUid);
-            xpmem_apid_t apid = xpmem_get(info.segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-            CHILD_CHECK(apid > 0);
-            xpmem_addr addr{apid, 0};
-            auto *view = static_cast<char *>(xpmem_attach(addr, 4 * kPage, nullptr));
+            auto *view = static_cast<char *>(xt::get_and_attach(info.segid, XPMEM_RDWR, 4 * kPage));
             if (view != reinterpret_cast<void *>(-1)) {
                 int signal = access_at(view + kPage, true);
                 if (signal != SIGBUS)
@@ -354,10 +322,7 @@ TEST_P(SysvAttacks, SysvPieceLeavesNoRestOfTheSegmentMappedInTheAttacher) {
     auto info = channel.receive_b<OwnerInfo>();
     xt::Process victim([&] {
         be(kVictimUid, kVictimUid);
-        xpmem_apid_t apid = xpmem_get(info.segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<char *>(xpmem_attach(addr, 4 * kPage, nullptr));
+        auto *view = static_cast<char *>(xt::get_and_attach(info.segid, XPMEM_RDWR, 4 * kPage));
         CHILD_CHECK(view != reinterpret_cast<void *>(-1));
         CHILD_CHECK(std::strcmp(view, "OWNER-SYSV") == 0);
         auto maps = sysv_mappings();
@@ -409,10 +374,7 @@ TEST_P(SysvAttacks, HugetlbSysvPieceLeavesNoMappingBehind) {
     auto info = channel.receive_b<OwnerInfo>();
     xt::Process victim([&] {
         be(kVictimUid, kVictimUid);
-        xpmem_apid_t apid = xpmem_get(info.segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<char *>(xpmem_attach(addr, kPage, nullptr));
+        auto *view = static_cast<char *>(xt::get_and_attach(info.segid, XPMEM_RDWR, kPage));
         CHILD_CHECK(view != reinterpret_cast<void *>(-1));
         int signal = access_at(view, false);
         CHILD_CHECK(signal == 0 || signal == SIGBUS);
@@ -460,10 +422,7 @@ static void third_users_segment_attack(uid_t listen_uid) {
     auto info = channel.receive_b<OwnerInfo>();
     xt::Process victim([&] {
         be(kVictimUid, kVictimUid, {kSharedGroup});
-        xpmem_apid_t apid = xpmem_get(info.segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<char *>(xpmem_attach(addr, kPage, nullptr));
+        auto *view = static_cast<char *>(xt::get_and_attach(info.segid, XPMEM_RDWR, kPage));
         CHILD_CHECK(view != reinterpret_cast<void *>(-1));
         int signal = access_at(view, true, 'V');
         if (signal != SIGBUS)
@@ -574,10 +533,7 @@ void fork_after_fault(bool sysv) {
     auto segid = channel.receive_b<xpmem_segid_t>();
     xt::Process attacher([&] {
         be(kAttackerUid, kAttackerUid);
-        xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<char *>(xpmem_attach(addr, 2 * kPage, nullptr));
+        auto *view = static_cast<char *>(xt::get_and_attach(segid, XPMEM_RDWR, 2 * kPage));
         CHILD_CHECK(view != reinterpret_cast<void *>(-1));
         channel.send_b(1);
         CHILD_CHECK(channel.receive_b<int>() == 1);
@@ -644,10 +600,7 @@ TEST_P(SysvAttacks, RemovedSegmentLeavesNoSysvMappingInTheAttacher) {
     const int id = channel.receive_b<int>();
     xt::Process attacher([&] {
         be(kAttackerUid, kAttackerUid);
-        xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
-        CHILD_CHECK(apid > 0);
-        xpmem_addr addr{apid, 0};
-        auto *view = static_cast<char *>(xpmem_attach(addr, 4 * kPage, nullptr));
+        auto *view = static_cast<char *>(xt::get_and_attach(segid, XPMEM_RDWR, 4 * kPage));
         CHILD_CHECK(view != reinterpret_cast<void *>(-1));
         CHILD_CHECK(std::strcmp(view, "OWNER-SYSV") == 0);
         CHILD_CHECK(attach_count(id) == 3);  // owner twice (make_segment's, ours), attacher
