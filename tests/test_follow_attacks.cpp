@@ -144,7 +144,7 @@ void peer_touches_dropped_page(Touch how) {
             xt::fail(__FILE__, __LINE__,
                      "after a read-only peer touched the page, the victim's own " + problem);
         CHILD_CHECK(std::strcmp(memory + 2 * kPage, "RECEIVED") == 0);
-        channel.send_a(4);  // the attacker keeps its grant (and connection) until now
+        channel.send_a(4);  // the attacker keeps its permit (and connection) until now
     });
     auto info = channel.receive_b<VictimInfo>();
     xt::Process attacker([&] {
@@ -216,10 +216,10 @@ TEST_P(FollowAttacks, ForgedFaultsReachNothingAnAttachWouldNot) {
             ask<wire::GetReply>(fd, wire::GetRequest{.segid = info.segid, .flags = XPMEM_RDWR});
         CHILD_CHECK(denied.error == (two_users ? EACCES : 0));
         std::uint64_t permit = get_permit(fd, info.segid, XPMEM_RDONLY);
-        auto fault = [&](std::uint64_t grant, std::uint64_t offset, std::uint64_t size,
+        auto fault = [&](std::uint64_t which, std::uint64_t offset, std::uint64_t size,
                          std::vector<int> *fds) {
             return ask<wire::AttachReply>(
-                fd, wire::FaultRequest{.permit = grant, .offset = offset, .size = size}, fds);
+                fd, wire::FaultRequest{.permit = which, .offset = offset, .size = size}, fds);
         };
         CHILD_CHECK(fault(permit + 1, 0, kPage, nullptr).error == ENOENT);
         CHILD_CHECK(fault(0, 0, kPage, nullptr).error == ENOENT);

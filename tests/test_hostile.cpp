@@ -1,5 +1,5 @@
 // Spec section 1 "bad input" for the user backend's sockets: a hostile or broken local peer
-// (garbage, someone else's grant, descriptors sent to the owner, a forged revoke, a peer
+// (garbage, someone else's permit, descriptors sent to the owner, a forged revoke, a peer
 // that dies mid-request) gets an error or a closed connection; the owner keeps serving
 // and leaks nothing.
 
@@ -151,7 +151,7 @@ TEST_P(Hostile, SomeoneElsesGrantIsRefused) {
         auto refused =
             ask<protocol::GetReply>(fd, protocol::GetRequest{.segid = info.segid, .flags = 3});
         CHILD_CHECK(refused.error == EINVAL);
-        // Another connection cannot use this connection's grant.
+        // Another connection cannot use this connection's permit.
         int other = raw_connect(info.pid);
         auto reply = ask<protocol::AttachReply>(
             other, protocol::AttachRequest{.permit = granted.permit, .offset = 0, .size = kPage});
@@ -222,7 +222,7 @@ TEST_P(Hostile, ForgedRevokeIsRefused) {
     xt::expect_all_ok({&forger, &attacher, &victim});
 }
 
-// A read-only grant of a shared object (here a memfd, mode 0777 as memfd_create makes it)
+// A read-only permit of a shared object (here a memfd, mode 0777 as memfd_create makes it)
 // must not give another user write access: a read-only descriptor of it could be reopened
 // through /proc/self/fd with O_RDWR, so such an object is served as a hole. Found by
 // xpmem-protocol-fuzz.

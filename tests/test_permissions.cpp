@@ -104,7 +104,7 @@ TEST_P(Permissions, Matrix) {
     xt::expect_all_ok(processes);
 }
 
-// A read-only grant to another uid attaches read-only even where the owner's memory is
+// A read-only permit to another uid attaches read-only even where the owner's memory is
 // writable, and the other uid cannot upgrade it.
 TEST_P(Permissions, ReadOnlyAcrossUids) {
     xt::Channel channel;

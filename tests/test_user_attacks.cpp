@@ -534,20 +534,20 @@ TEST_P(UserAttacks, OnePagePermitReachesNothingElse) {
         be(kAttackerUid);
         Findings findings;
         int fd = raw_connect(info.pid);  // no HELLO
-        auto read_grant =
+        auto read_permit =
             ask<wire::GetReply>(fd, wire::Get{.segid = info.one_page, .flags = XPMEM_RDONLY});
-        auto write_grant =
+        auto write_permit =
             ask<wire::GetReply>(fd, wire::Get{.segid = info.one_page, .flags = XPMEM_RDWR});
-        CHILD_CHECK(read_grant.error == 0 && write_grant.error == 0);
+        CHILD_CHECK(read_permit.error == 0 && write_permit.error == 0);
         auto refused =
             ask<wire::GetReply>(fd, wire::Get{.segid = info.secret, .flags = XPMEM_RDONLY});
         findings.check(refused.error == EACCES,
                        "GET of the 0600 segment: error " + std::to_string(refused.error));
         std::vector<int> ro_fds, rw_fds;
         auto ro = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = read_grant.permit, .offset = 0, .size = kPage}, &ro_fds);
+            fd, wire::Attach{.permit = read_permit.permit, .offset = 0, .size = kPage}, &ro_fds);
         auto rw = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = write_grant.permit, .offset = 0, .size = kPage}, &rw_fds);
+            fd, wire::Attach{.permit = write_permit.permit, .offset = 0, .size = kPage}, &rw_fds);
         CHILD_CHECK(ro.error == 0 && rw.error == 0 && !ro_fds.empty() && !rw_fds.empty());
         for (const wire::AttachReply *reply : {&ro, &rw})
             for (std::uint32_t i = 0; i < reply->piece_count; ++i)
@@ -579,18 +579,18 @@ TEST_P(UserAttacks, OnePagePermitReachesNothingElse) {
         for (int received : ro_fds) {
             std::string path = "/proc/self/fd/" + std::to_string(received);
             int reopened = open(path.c_str(), O_RDWR);
-            findings.check(reopened < 0, "a read-only grant's descriptor reopened O_RDWR");
+            findings.check(reopened < 0, "a read-only permit's descriptor reopened O_RDWR");
             void *w = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, received,
                            static_cast<off_t>(ro.pieces[0].file_offset));
-            findings.check(w == MAP_FAILED, "PROT_WRITE mapping of a read-only grant");
+            findings.check(w == MAP_FAILED, "PROT_WRITE mapping of a read-only permit");
             void *r = mmap(nullptr, kPage, PROT_READ, MAP_SHARED, received,
                            static_cast<off_t>(ro.pieces[0].file_offset));
             CHILD_CHECK(r != MAP_FAILED);
             findings.check(mprotect(r, kPage, PROT_READ | PROT_WRITE) < 0,
-                           "mprotect to writable of a read-only grant");
+                           "mprotect to writable of a read-only permit");
             findings.check(
                 fallocate(received, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, kPage) < 0,
-                "PUNCH_HOLE through a read-only grant");
+                "PUNCH_HOLE through a read-only permit");
             // Growing the mapping must not reach past the segment.
             void *grown = mremap(r, kPage, 4 * kPage, MREMAP_MAYMOVE);
             if (grown != MAP_FAILED) {
@@ -605,20 +605,20 @@ TEST_P(UserAttacks, OnePagePermitReachesNothingElse) {
                 }
             }
         }
-        // A read-write grant may zero its own page, nothing else (the victim checks).
+        // A read-write permit may zero its own page, nothing else (the victim checks).
         for (int received : rw_fds) {
             struct stat status {};
             fstat(received, &status);
             fallocate(received, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, status.st_size);
         }
-        // A read-write grant over read-only memory never writes it.
+        // A read-write permit over read-only memory never writes it.
         for (auto [segid, pages, marker] : {std::tuple{info.read_only, 2UL, "RO-PAGE"},
                                             std::tuple{info.rodata, 2UL, "RODATA-MARK"}}) {
-            auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = segid, .flags = XPMEM_RDWR});
-            CHILD_CHECK(grant.error == 0);
+            auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = segid, .flags = XPMEM_RDWR});
+            CHILD_CHECK(permit.error == 0);
             std::vector<int> fds;
             auto reply = ask<wire::AttachReply>(
-                fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = pages * kPage}, &fds);
+                fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = pages * kPage}, &fds);
             CHILD_CHECK(reply.error == 0 && reply.piece_count > 0);
             findings.check((reply.pieces[0].flags & 1) == 0,
                            std::string("the piece over the victim's read-only ") + marker +
@@ -686,11 +686,11 @@ TEST_P(UserAttacks, ReadWritePermitCannotTruncateOrSealTheVictimsObject) {
         auto info = channel.receive_b<VictimInfo>();
         be(kAttackerUid);
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDWR});
-        CHILD_CHECK(grant.error == 0);
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDWR});
+        CHILD_CHECK(permit.error == 0);
         std::vector<int> fds;
         auto reply = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 2 * kPage}, &fds);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = 2 * kPage}, &fds);
         CHILD_CHECK(reply.error == 0);
         Findings findings;
         for (int received : fds) {
@@ -734,11 +734,11 @@ TEST_P(UserAttacks, ReadOnlyPermitDoesNotReachTheObjectsLaterGrowth) {
         auto info = channel.receive_b<VictimInfo>();
         be(kAttackerUid);
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
-        CHILD_CHECK(grant.error == 0);
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(permit.error == 0);
         std::vector<int> fds;
         auto reply = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 2 * kPage}, &fds);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = 2 * kPage}, &fds);
         CHILD_CHECK(reply.error == 0);
         channel.send_b(1);
         CHILD_CHECK(channel.receive_b<int>() == 2);
@@ -1213,12 +1213,12 @@ TEST_P(UserAttacks, UnresponsiveAttachersDoNotBlockRemove) {
             }
         }
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(
+        auto permit = ask<wire::GetReply>(
             fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDWR, .key = kKey});
-        CHILD_CHECK(grant.error == 0);
+        CHILD_CHECK(permit.error == 0);
         std::vector<int> fds;
         auto reply = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kPage}, &fds);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = kPage}, &fds);
         CHILD_CHECK(reply.error == 0);
         attached.send_b(1);
         done.receive_b<int>();
@@ -1501,7 +1501,7 @@ TEST_P(UserAttacks, GetsSpreadOverConnectionsAreBounded) {
                 (reply.error == 0 ? granted : refused)++;
             }
         }
-        std::printf("attacker: %zu connections kept, %d grants, %d refused\n", live.size(), granted,
+        std::printf("attacker: %zu connections kept, %d permits, %d refused\n", live.size(), granted,
                     refused);
         channel.send_b(1);
         expect_bounded(channel, "200k GETs spread over connections");
@@ -1539,11 +1539,11 @@ void uncooperative(Event event) {
     xt::Process attacker([&] {
         be(kAttackerUid);
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDWR});
-        CHILD_CHECK(grant.error == 0);
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDWR});
+        CHILD_CHECK(permit.error == 0);
         std::vector<int> fds;
         auto reply = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 4 * kPage}, &fds);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = 4 * kPage}, &fds);
         CHILD_CHECK(reply.error == 0 && reply.pieces[0].fd_index >= 0);
         const wire::Piece &piece = reply.pieces[0];
         auto *mine =
@@ -1551,7 +1551,7 @@ void uncooperative(Event event) {
                                      fds[piece.fd_index], static_cast<off_t>(piece.file_offset)));
         CHILD_CHECK(mine != MAP_FAILED && std::strcmp(mine, "BEFORE") == 0);
         if (event == Event::release) {
-            send_raw(fd, wire::Release{.permit = grant.permit});
+            send_raw(fd, wire::Release{.permit = permit.permit});
             // Requests are served in order: a reply to a later GET means it was released.
             ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
         }
@@ -1643,13 +1643,13 @@ TEST_P(UserAttacks, FifoAtAMappedPathDoesNotBlockTheService) {
                         RENAME_EXCHANGE);
         });
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
-        CHILD_CHECK(grant.error == 0);
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(permit.error == 0);
         int attempts = 0;
         bool stuck = false;
         while (!stuck && attempts < 200) {
             ++attempts;
-            send_raw(fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 2 * kPage});
+            send_raw(fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = 2 * kPage});
             wire::AttachReply reply{};
             stuck = receive(fd, &reply, sizeof reply, nullptr, 300ms) < 0;
         }
@@ -1803,17 +1803,17 @@ TEST_P(UserAttacks, KeptDescriptorDoesNotWriteAPageMadeReadOnlyLater) {
     xt::Process attacker([&] {
         be(kAttackerUid);
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDWR});
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDWR});
         std::vector<int> fds;
         auto reply = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 2 * kPage}, &fds);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = 2 * kPage}, &fds);
         CHILD_CHECK(reply.error == 0 && reply.pieces[0].fd_index >= 0);
         channel.send_b(1);
         CHILD_CHECK(channel.receive_b<int>() == 2);
         // Attach again: the new reply must describe the page read-only.
         std::vector<int> again;
         auto second = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kPage}, &again);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = kPage}, &again);
         CHILD_CHECK(second.error == 0 && (second.pieces[0].flags & 1) == 0);
         auto *w = static_cast<char *>(mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED,
                                            fds[reply.pieces[0].fd_index],
@@ -1845,7 +1845,7 @@ struct NestedInfo {
 // The victim publishes its region read-only to everyone (0644) and one page of it
 // read-write (0666). The attacker attaches the small segment read-write (its file is
 // made), then the big one read-only (the small segment's file lies inside the big one:
-// it is handed out again, under the big grant). The victim removes the small segment:
+// it is handed out again, under the big permit). The victim removes the small segment:
 // the attacker's right to write that page is gone, only reading is left. The attacker's
 // read-write descriptor of the small segment's file must not write the victim's page.
 TEST_P(UserAttacks, RemovedSegmentIsNotWritableThroughAContainingReadOnlyGrant) {
@@ -1896,7 +1896,7 @@ TEST_P(UserAttacks, RemovedSegmentIsNotWritableThroughAContainingReadOnlyGrant) 
 
 // The victim shares a page with everyone (0666) and its whole region with its own partner
 // only (0600). The attacker attaches the public page first; the partner then attaches the
-// whole region, which hands out the public page's file again under the partner's grant.
+// whole region, which hands out the public page's file again under the partner's permit.
 // The victim removes the public segment and writes a secret into that page: the attacker,
 // who has no right to anything left, must not read it through the descriptor it kept.
 TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegment) {
@@ -1916,9 +1916,9 @@ TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegm
             CHILD_CHECK(apid > 0);
             auto *view = static_cast<char *>(xpmem_attach(xpmem_addr{apid, 0}, 4 * kPage, nullptr));
             CHILD_CHECK(view != reinterpret_cast<void *>(-1));
-            // Page 1 went out under the attacker's grant of the small segment first: in
+            // Page 1 went out under the attacker's permit of the small segment first: in
             // the partner's attachment of the containing one it is a hole (README,
-            // limits: segments that overlap). The partner's grant must not keep it alive.
+            // limits: segments that overlap). The partner's permit must not keep it alive.
             partner_steps.send_b(1);
             partner_steps.receive_b<int>();  // keeps its attachment until the end
         });
@@ -1934,11 +1934,11 @@ TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegm
     xt::Process attacker([&] {
         be(kAttackerUid);
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.small, .flags = XPMEM_RDONLY});
-        CHILD_CHECK(grant.error == 0);
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.small, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(permit.error == 0);
         std::vector<int> fds;
         auto reply = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kPage}, &fds);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = kPage}, &fds);
         CHILD_CHECK(reply.error == 0);
         char *mine = map_piece(reply, fds, 0, PROT_READ);
         CHILD_CHECK(mine != nullptr && std::strcmp(mine, "PUBLIC") == 0);
@@ -1991,17 +1991,17 @@ TEST_P(UserAttacks, AttachAfterTheOwnerMovedItsMemoryDoesNotCorruptTheMovedMemor
     xt::Process attacker([&] {
         be(kAttackerUid);
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
-        CHILD_CHECK(grant.error == 0);
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(permit.error == 0);
         std::vector<int> fds;
         auto reply = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 4 * kPage}, &fds);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = 4 * kPage}, &fds);
         CHILD_CHECK(reply.error == 0);
         channel.send_b(1);
         CHILD_CHECK(channel.receive_b<int>() == 2);
         std::vector<int> again;
         reply = ask<wire::AttachReply>(
-            fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = 4 * kPage}, &again);
+            fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = 4 * kPage}, &again);
         CHILD_CHECK(reply.error == 0);
         channel.send_b(3);
     });
@@ -2053,20 +2053,20 @@ TEST_P(UserAttacks, AttachingAReadOnlyFileMappingCostsTheVictimNoMemory) {
     xt::Process attacker([&] {
         be(kAttackerUid);
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
-        CHILD_CHECK(grant.error == 0);
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(permit.error == 0);
         auto start = Clock::now();
         for (std::size_t done = 0; done < kSize;) {
             std::vector<int> fds;
             auto reply = ask<wire::AttachReply>(
-                fd, wire::Attach{.permit = grant.permit, .offset = done, .size = kSize - done},
+                fd, wire::Attach{.permit = permit.permit, .offset = done, .size = kSize - done},
                 &fds);
             CHILD_CHECK(reply.error == 0 && reply.piece_count > 0);
             for (std::uint32_t i = 0; i < reply.piece_count; ++i) done += reply.pieces[i].length;
             for (int received : fds) close(received);
         }
         double attached = seconds_since(start);
-        send_raw(fd, wire::Release{.permit = grant.permit});
+        send_raw(fd, wire::Release{.permit = permit.permit});
         ask<wire::GetReply>(fd, wire::Get{.segid = info.segid, .flags = XPMEM_RDONLY});
         std::printf("attacker: attach of 128 MiB took %.3f s, release %.3f s\n", attached,
                     seconds_since(start) - attached);
@@ -2076,7 +2076,7 @@ TEST_P(UserAttacks, AttachingAReadOnlyFileMappingCostsTheVictimNoMemory) {
     xt::expect_all_ok({&attacker, &victim});
 }
 
-// An attacker with a read-only grant of a large segment attaches it and releases it in a
+// An attacker with a read-only permit of a large segment attaches it and releases it in a
 // loop: every attach converts the memory, every release takes it back, both on the
 // victim's single service thread. Measures how long each cycle keeps the service busy and
 // what another attacher of a one-page segment waits meanwhile.
@@ -2120,8 +2120,8 @@ TEST_P(UserAttacks, AttachReleaseLoopOnALargeSegmentStallsOtherAttachers) {
     xt::Process attacker([&] {
         be(kAttackerUid);
         int fd = raw_connect(info.pid);
-        auto grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
-        CHILD_CHECK(grant.error == 0);
+        auto permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+        CHILD_CHECK(permit.error == 0);
         std::atomic<bool> looping{true};
         double worst_other = 0;
         int other_requests = 0;
@@ -2150,13 +2150,13 @@ TEST_P(UserAttacks, AttachReleaseLoopOnALargeSegmentStallsOtherAttachers) {
             auto t0 = Clock::now();
             std::vector<int> fds;
             auto reply = ask<wire::AttachReply>(
-                fd, wire::Attach{.permit = grant.permit, .offset = 0, .size = kSize}, &fds);
+                fd, wire::Attach{.permit = permit.permit, .offset = 0, .size = kSize}, &fds);
             CHILD_CHECK(reply.error == 0);
             for (int received : fds) close(received);
             double attach = seconds_since(t0);
-            send_raw(fd, wire::Release{.permit = grant.permit});
-            grant = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
-            CHILD_CHECK(grant.error == 0);
+            send_raw(fd, wire::Release{.permit = permit.permit});
+            permit = ask<wire::GetReply>(fd, wire::Get{.segid = info.big, .flags = XPMEM_RDONLY});
+            CHILD_CHECK(permit.error == 0);
             std::printf("attacker: cycle %d: attach %.3f s, release (+GET) %.3f s\n", cycle, attach,
                         seconds_since(t0) - attach);
             std::fflush(stdout);

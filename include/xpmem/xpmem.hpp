@@ -3,6 +3,11 @@
 // Failures throw std::system_error carrying the errno-valued std::error_code the C API
 // would have set. A moved-from object owns nothing. Destruction gives the resource back
 // (remove / release / detach) and never throws.
+//
+// ABI: these classes live in libxpmem.so.0 beside the C API, in the inline namespace
+// xpmem::v1 and the symbol version XPMEM_CXX_0.1 (docs/library-abi.md). An incompatible
+// change moves the API to xpmem::v2 and keeps v1's symbols, so programs built against
+// this header keep loading.
 #pragma once
 
 #include <sys/types.h>
@@ -14,6 +19,7 @@
 #include <utility>
 
 namespace xpmem {
+inline namespace v1 {
 
 using SegmentId = xpmem_segid_t;
 using PermitId = xpmem_apid_t;
@@ -111,4 +117,5 @@ class Attachment {
     std::span<std::byte> bytes_;
 };
 
+}  // namespace v1
 }  // namespace xpmem

@@ -1,12 +1,16 @@
-// The classic C API: a thin shim that turns the core's exceptions into -1 and errno.
+// The classic C API: a thin shim over the core. It decodes the C encodings (a permit type,
+// a mode passed as void *, flags as int) and turns the core's exceptions into -1 and errno.
 
 #include <xpmem.h>
 
 #include <cerrno>
+#include <cstdint>
+#include <limits>
 #include <new>
 #include <system_error>
 
 #include "core/library.hpp"
+#include "util/error.hpp"
 
 namespace {
 
@@ -23,6 +27,18 @@ Result or_errno(Result failure, Operation &&operation) noexcept {
         errno = EIO;
     }
     return failure;
+}
+
+void check_permit_type(int permit_type) {
+    if (permit_type != XPMEM_PERMIT_MODE) xpmem::util::throw_errno(EINVAL, "permit type");
+}
+
+// The mode a permit value carries; bits outside 0777 are refused by the core.
+mode_t permit_mode(int permit_type, void *permit_value) {
+    check_permit_type(permit_type);
+    auto value = reinterpret_cast<std::uintptr_t>(permit_value);
+    if (value > std::numeric_limits<mode_t>::max()) xpmem::util::throw_errno(EINVAL, "permit mode");
+    return static_cast<mode_t>(value);
 }
 
 }  // namespace
@@ -42,7 +58,10 @@ int xpmem_init(void) {
 
 xpmem_segid_t xpmem_make(void *vaddr, size_t size, int permit_type, void *permit_value) {
     return or_errno(xpmem_segid_t{-1},
-                    [&] { return xpmem::core::make(vaddr, size, permit_type, permit_value); });
+                    [&] {
+                        return xpmem::core::make(reinterpret_cast<std::uintptr_t>(vaddr), size,
+                                                 permit_mode(permit_type, permit_value));
+                    });
 }
 
 int xpmem_remove(xpmem_segid_t segid) {
@@ -52,9 +71,12 @@ int xpmem_remove(xpmem_segid_t segid) {
     });
 }
 
-xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type, void *permit_value) {
-    return or_errno(xpmem_apid_t{-1},
-                    [&] { return xpmem::core::get(segid, flags, permit_type, permit_value); });
+// permit_value is ignored, as in the classic library (clients pass 0, 0600 or 0666).
+xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type, void * /*permit_value*/) {
+    return or_errno(xpmem_apid_t{-1}, [&] {
+        check_permit_type(permit_type);
+        return xpmem::core::get(segid, static_cast<xpmem::Access>(flags));
+    });
 }
 
 int xpmem_release(xpmem_apid_t apid) {
@@ -66,7 +88,7 @@ int xpmem_release(xpmem_apid_t apid) {
 
 void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr) {
     return or_errno(reinterpret_cast<void *>(-1),
-                    [&] { return xpmem::core::attach(addr, size, vaddr); });
+                    [&] { return xpmem::core::attach(addr.apid, addr.offset, size, vaddr); });
 }
 
 int xpmem_detach(void *vaddr) {

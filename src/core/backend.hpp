@@ -2,7 +2,7 @@
 //
 // The library validates every argument before it reaches a backend (core/library.cpp), so
 // a backend sees page-aligned, non-empty ranges inside user space, a mode within 0777 and
-// flags that are exactly XPMEM_RDONLY or XPMEM_RDWR. Backends report failures by throwing
+// an access that is read_only or read_write. Backends report failures by throwing
 // std::system_error with an errno value.
 #pragma once
 
@@ -12,6 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+
+#include <xpmem/xpmem.hpp>
 
 namespace xpmem::core {
 
@@ -23,7 +25,7 @@ class Backend {
     virtual int version() = 0;
     virtual xpmem_segid_t make(std::uintptr_t address, std::size_t size, mode_t mode) = 0;
     virtual void remove(xpmem_segid_t segid) = 0;
-    virtual xpmem_apid_t get(xpmem_segid_t segid, int flags) = 0;
+    virtual xpmem_apid_t get(xpmem_segid_t segid, Access access) = 0;
     virtual void release(xpmem_apid_t apid) = 0;
     virtual void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) = 0;
     // `address` lies in an attachment or in no mapping at all; anything else is EINVAL.

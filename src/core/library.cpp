@@ -34,7 +34,7 @@ using util::throw_errno;
 std::unique_ptr<Backend> select_backend() {
     const char *forced = std::getenv("XPMEM_BACKEND");
     std::string choice = forced != nullptr ? forced : "";
-    if (choice == "user") return make_user_backend();
+    if (choice == "user") return user::make_user_backend();
     if (choice == "kernel") {
         kernel::Probe probe = kernel::probe_device();
         if (probe.error != 0)
@@ -45,7 +45,7 @@ std::unique_ptr<Backend> select_backend() {
         fail_selection(EINVAL, "XPMEM_BACKEND=" + choice + " is neither 'user' nor 'kernel'");
     kernel::Probe probe = kernel::probe_device();
     if (probe.error == 0) return kernel::make_kernel_backend(std::move(probe));
-    return make_user_backend();
+    return user::make_user_backend();
 }
 
 class Library {
@@ -126,12 +126,6 @@ bool in_user_space(std::uintptr_t address, std::size_t size) {
     return address < end && size <= end - address;
 }
 
-int to_mode(void *permit_value) {
-    auto mode = reinterpret_cast<std::uintptr_t>(permit_value);
-    if ((mode & ~std::uintptr_t{0777}) != 0) throw_errno(EINVAL, "permit mode");
-    return static_cast<int>(mode);
-}
-
 }  // namespace
 
 Backend &backend() {
@@ -151,10 +145,8 @@ std::string_view backend_name() {
     return backend().name();
 }
 
-xpmem_segid_t make(void *vaddr, std::size_t size, int permit_type, void *permit_value) {
-    if (permit_type != XPMEM_PERMIT_MODE) throw_errno(EINVAL, "xpmem_make: permit type");
-    int mode = to_mode(permit_value);
-    auto address = reinterpret_cast<std::uintptr_t>(vaddr);
+xpmem_segid_t make(std::uintptr_t address, std::size_t size, mode_t mode) {
+    if ((mode & ~mode_t{0777}) != 0) throw_errno(EINVAL, "xpmem_make: mode");
     if (!util::page_aligned(address)) throw_errno(EINVAL, "xpmem_make: address");
     if (size == XPMEM_MAXADDR_SIZE) {
         if (address >= user_space_end()) throw_errno(EINVAL, "xpmem_make: address");
@@ -162,7 +154,7 @@ xpmem_segid_t make(void *vaddr, std::size_t size, int permit_type, void *permit_
     }
     if (size == 0 || !util::page_aligned(size) || !in_user_space(address, size))
         throw_errno(EINVAL, "xpmem_make: range");
-    return backend().make(address, size, static_cast<mode_t>(mode));
+    return backend().make(address, size, mode);
 }
 
 void remove(xpmem_segid_t segid) {
@@ -170,11 +162,11 @@ void remove(xpmem_segid_t segid) {
     backend().remove(segid);
 }
 
-xpmem_apid_t get(xpmem_segid_t segid, int flags, int permit_type, void * /*ignored*/) {
+xpmem_apid_t get(xpmem_segid_t segid, Access access) {
     if (segid <= 0) throw_errno(EINVAL, "xpmem_get: segid");
-    if (flags != XPMEM_RDONLY && flags != XPMEM_RDWR) throw_errno(EINVAL, "xpmem_get: flags");
-    if (permit_type != XPMEM_PERMIT_MODE) throw_errno(EINVAL, "xpmem_get: permit type");
-    return backend().get(segid, flags);
+    if (access != Access::read_only && access != Access::read_write)
+        throw_errno(EINVAL, "xpmem_get: flags");
+    return backend().get(segid, access);
 }
 
 void release(xpmem_apid_t apid) {
@@ -182,20 +174,20 @@ void release(xpmem_apid_t apid) {
     backend().release(apid);
 }
 
-void *attach(xpmem_addr addr, std::size_t size, void *vaddr) {
-    if (addr.apid <= 0) throw_errno(EINVAL, "xpmem_attach: apid");
-    if (addr.offset < 0 || !util::page_aligned(static_cast<std::uintptr_t>(addr.offset)))
+void *attach(xpmem_apid_t apid, off_t offset, std::size_t size, void *at) {
+    if (apid <= 0) throw_errno(EINVAL, "xpmem_attach: apid");
+    if (offset < 0 || !util::page_aligned(static_cast<std::uintptr_t>(offset)))
         throw_errno(EINVAL, "xpmem_attach: offset");
     if (size == 0 || size > user_space_end()) throw_errno(EINVAL, "xpmem_attach: size");
     size = util::page_up(size);
-    auto address = reinterpret_cast<std::uintptr_t>(vaddr);
-    if (vaddr != nullptr && (!util::page_aligned(address) || !in_user_space(address, size)))
+    auto address = reinterpret_cast<std::uintptr_t>(at);
+    if (at != nullptr && (!util::page_aligned(address) || !in_user_space(address, size)))
         throw_errno(EINVAL, "xpmem_attach: address");
-    return backend().attach(addr.apid, static_cast<std::uint64_t>(addr.offset), size, vaddr);
+    return backend().attach(apid, static_cast<std::uint64_t>(offset), size, at);
 }
 
-void detach(void *vaddr) {
-    backend().detach(vaddr);
+void detach(void *address) {
+    backend().detach(address);
 }
 
 }  // namespace xpmem::core

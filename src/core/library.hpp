@@ -1,8 +1,13 @@
-// The operations of the API, argument-checked once for every backend, over the backend
-// that serves this process. Failures throw std::system_error (an errno value).
+// The operations of the API, typed and argument-checked once for every backend, over the
+// backend that serves this process. Failures throw std::system_error (an errno value). The
+// C API's encodings (permit_type, a mode passed as void *, (void *)-1) are decoded by its
+// shim, src/capi/xpmem.cpp; the C++ API calls these directly.
 #pragma once
 
+#include <sys/types.h>
 #include <xpmem.h>
+
+#include <xpmem/xpmem.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -20,11 +25,14 @@ std::uintptr_t user_space_end();
 
 int version();
 std::string_view backend_name();
-xpmem_segid_t make(void *vaddr, std::size_t size, int permit_type, void *permit_value);
+// Publishes [address, address + size) to credentials that pass `mode` (bits within 0777);
+// size XPMEM_MAXADDR_SIZE runs to the end of user space.
+xpmem_segid_t make(std::uintptr_t address, std::size_t size, mode_t mode);
 void remove(xpmem_segid_t segid);
-xpmem_apid_t get(xpmem_segid_t segid, int flags, int permit_type, void *permit_value);
+xpmem_apid_t get(xpmem_segid_t segid, Access access);
 void release(xpmem_apid_t apid);
-void *attach(xpmem_addr addr, std::size_t size, void *vaddr);
-void detach(void *vaddr);
+// Maps `size` bytes (rounded up to pages) of the segment from `offset`; at `at` if not null.
+void *attach(xpmem_apid_t apid, off_t offset, std::size_t size, void *at);
+void detach(void *address);
 
 }  // namespace xpmem::core

@@ -5,6 +5,20 @@
 #include "core/library.hpp"
 
 namespace xpmem {
+namespace {
+
+// Destructors give resources back and never throw: a failure there has nobody to go to.
+template <class Operation>
+void ignoring_failure(Operation &&operation) noexcept {
+    try {
+        operation();
+    } catch (...) {
+    }
+}
+
+}  // namespace
+
+inline namespace v1 {
 
 std::string_view backend_name() {
     return core::backend_name();
@@ -15,13 +29,11 @@ int version() {
 }
 
 Segment Segment::make(std::span<std::byte> range, mode_t mode) {
-    return Segment(core::make(range.data(), range.size(), XPMEM_PERMIT_MODE,
-                              reinterpret_cast<void *>(static_cast<std::uintptr_t>(mode))));
+    return Segment(core::make(reinterpret_cast<std::uintptr_t>(range.data()), range.size(), mode));
 }
 
 Segment Segment::make_whole_address_space(mode_t mode) {
-    return Segment(core::make(nullptr, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE,
-                              reinterpret_cast<void *>(static_cast<std::uintptr_t>(mode))));
+    return Segment(core::make(0, XPMEM_MAXADDR_SIZE, mode));
 }
 
 Segment &Segment::operator=(Segment &&other) noexcept {
@@ -33,7 +45,7 @@ Segment &Segment::operator=(Segment &&other) noexcept {
 }
 
 Segment::~Segment() {
-    if (id_ > 0) xpmem_remove(id_);
+    if (id_ > 0) ignoring_failure([this] { core::remove(id_); });
 }
 
 void Segment::remove() {
@@ -41,7 +53,7 @@ void Segment::remove() {
 }
 
 Permit Permit::get(SegmentId segment, Access access) {
-    return Permit(core::get(segment, static_cast<int>(access), XPMEM_PERMIT_MODE, nullptr));
+    return Permit(core::get(segment, access));
 }
 
 Permit &Permit::operator=(Permit &&other) noexcept {
@@ -53,11 +65,11 @@ Permit &Permit::operator=(Permit &&other) noexcept {
 }
 
 Permit::~Permit() {
-    if (id_ > 0) xpmem_release(id_);
+    if (id_ > 0) ignoring_failure([this] { core::release(id_); });
 }
 
 Attachment Permit::attach(off_t offset, std::size_t size, void *at) const {
-    void *address = core::attach(xpmem_addr{id_, offset}, size, at);
+    void *address = core::attach(id_, offset, size, at);
     return Attachment(address, size);
 }
 
@@ -74,11 +86,12 @@ Attachment &Attachment::operator=(Attachment &&other) noexcept {
 }
 
 Attachment::~Attachment() {
-    if (data() != nullptr) xpmem_detach(data());
+    if (data() != nullptr) ignoring_failure([this] { core::detach(data()); });
 }
 
 void Attachment::detach() {
     if (data() != nullptr) core::detach(std::exchange(bytes_, {}).data());
 }
 
+}  // namespace v1
 }  // namespace xpmem

@@ -33,10 +33,10 @@ class KernelBackend final : public core::Backend {
         xpmem_cmd_remove cmd{segid};
         call(XPMEM_CMD_REMOVE, &cmd, "xpmem_remove");
     }
-    xpmem_apid_t get(xpmem_segid_t segid, int flags) override {
+    xpmem_apid_t get(xpmem_segid_t segid, Access access) override {
         xpmem_cmd_get cmd{};
         cmd.segid = segid;
-        cmd.flags = flags;
+        cmd.flags = static_cast<int>(access);
         cmd.permit_type = XPMEM_PERMIT_MODE;
         call(XPMEM_CMD_GET, &cmd, "xpmem_get");
         return cmd.apid;

@@ -77,7 +77,7 @@ std::shared_ptr<Attacher::Link> Attacher::link_to(xpmem_segid_t segid) {
 
 // One request and its reply on `link`, waiting at most config_.request_timeout for each. An owner
 // that does not answer in time is ETIMEDOUT; its reply is owed, and the next request first
-// waits for it and throws it away (releasing the permit a late GET reply granted). The
+// waits for it and throws it away (releasing the permit a late GET reply issued). The
 // owner being gone is ENOENT, a broken reply EPROTO; after either the link is dropped and
 // the next call connects afresh.
 template <class Reply, class Request>
@@ -92,12 +92,12 @@ Reply Attacher::ask(Link &link, const Request &request, std::vector<UniqueFd> *f
             std::vector<UniqueFd> late_fds;
             std::size_t size = receive_message(link.socket.get(), late, &late_fds);
             if (size == 0) throw_errno(ECONNRESET, "owner gone");
-            protocol::GetReply granted;
-            if (size == sizeof granted) {
-                std::memcpy(&granted, late, sizeof granted);
-                if (granted.header.type == protocol::Type::get_reply && granted.error == 0)
+            protocol::GetReply issued;
+            if (size == sizeof issued) {
+                std::memcpy(&issued, late, sizeof issued);
+                if (issued.header.type == protocol::Type::get_reply && issued.error == 0)
                     send_message(link.socket.get(),
-                                 bytes_of(protocol::ReleaseRequest{.permit = granted.permit}), {},
+                                 bytes_of(protocol::ReleaseRequest{.permit = issued.permit}), {},
                                  true);
             }
         }
@@ -135,7 +135,7 @@ xpmem_apid_t Attacher::get(xpmem_segid_t segid, int flags) {
 
 void Attacher::release(xpmem_apid_t apid) {
     std::shared_ptr<Link> link;
-    std::uint64_t grant;
+    std::uint64_t owner_permit;
     {
         std::lock_guard lock(mutex_);
         auto permit = permits_.find(apid);
@@ -150,7 +150,7 @@ void Attacher::release(xpmem_apid_t apid) {
             it = attachments_.erase(it);
         }
         link = permit->second.link;
-        grant = permit->second.grant;
+        owner_permit = permit->second.owner_permit;
         xpmem_segid_t segid = permit->second.segid;
         permits_.erase(permit);
         if (std::none_of(permits_.begin(), permits_.end(),
@@ -159,10 +159,10 @@ void Attacher::release(xpmem_apid_t apid) {
     }
     std::lock_guard lock(link->mutex);
     try {
-        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = grant}), {},
+        send_message(link->socket.get(), bytes_of(protocol::ReleaseRequest{.permit = owner_permit}), {},
                      true);
     } catch (const std::system_error &) {
-        // The owner is gone or not reading; it forgets the grant when the link closes.
+        // The owner is gone or not reading; it forgets the permit when the link closes.
     }
 }
 
@@ -340,7 +340,7 @@ void Attacher::fetch_for(const Fault &fault) {
     try {
         reply = ask<protocol::AttachReply>(
             *permit.link,
-            protocol::FaultRequest{.permit = permit.grant,
+            protocol::FaultRequest{.permit = permit.owner_permit,
                                    .offset = attachment.offset + (page - start),
                                    .size = end - page},
             &fds);
@@ -429,7 +429,7 @@ void *Attacher::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size
         auto reply = ask<protocol::AttachReply>(
             *permit.link,
             protocol::AttachRequest{
-                .permit = permit.grant, .offset = offset + mapped, .size = size - mapped},
+                .permit = permit.owner_permit, .offset = offset + mapped, .size = size - mapped},
             &fds);
         if (reply.error != 0) throw_errno(reply.error, "xpmem_attach");
         map_pieces(start, reply, fds, *permit.link, read_only, size, mapped);

@@ -72,7 +72,7 @@ class Attacher {
     struct PermitRecord {
         xpmem_segid_t segid;
         int flags;
-        std::uint64_t grant;
+        std::uint64_t owner_permit;  // the number the owner issued it under
         std::shared_ptr<Link> link;
     };
     struct AttachmentRecord {

@@ -7,7 +7,7 @@
 
 namespace xpmem::user {
 
-bool permitted(const PeerCredentials &peer, Owner owner, mode_t mode, int flags) {
+bool permitted(const PeerCredentials &peer, OwnerCredentials owner, mode_t mode, int flags) {
     if (peer.uid == 0) return true;
     unsigned bits;
     if (peer.uid == owner.uid)

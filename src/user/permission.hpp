@@ -7,7 +7,7 @@
 
 namespace xpmem::user {
 
-struct Owner {
+struct OwnerCredentials {
     uid_t uid;
     gid_t gid;
 };
@@ -22,6 +22,6 @@ struct Owner {
 // nothing. Capabilities are not recorded with a connection, so CAP_IPC_OWNER is replaced
 // by its usual holder: a peer connected as uid 0 passes every check, and a non-root
 // process holding CAP_IPC_OWNER gets no more than its uid and groups allow.
-bool permitted(const PeerCredentials &peer, Owner owner, mode_t mode, int flags);
+bool permitted(const PeerCredentials &peer, OwnerCredentials owner, mode_t mode, int flags);
 
 }  // namespace xpmem::user

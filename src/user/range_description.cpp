@@ -20,7 +20,7 @@ using util::throw_errno;
 using util::UniqueFd;
 
 // Whether a descriptor of the shared object `fd` (with `status`) may go to `peer`, a user
-// other than ours and root, under a grant of that access. A descriptor lets its holder do
+// other than ours and root, under a permit of that access. A descriptor lets its holder do
 // more than map the segment: resize the object (with write access), seal it, read what
 // the object grows to beyond the segment, or, when the object's mode lets the peer write
 // it, reopen a read-only descriptor for writing through /proc/self/fd. So only objects
@@ -33,7 +33,7 @@ bool safe_for_another_user(int fd, const struct stat &status, const PeerCredenti
     int seals = ::fcntl(fd, F_GET_SEALS);
     if (seals < 0 || (seals & kFixed) != kFixed) return false;
     return !read_only ||
-           !permitted(peer, Owner{status.st_uid, status.st_gid}, status.st_mode & 0777, XPMEM_RDWR);
+           !permitted(peer, OwnerCredentials{status.st_uid, status.st_gid}, status.st_mode & 0777, XPMEM_RDWR);
 }
 
 // Whether `vma` is still mapped as it was.
@@ -154,7 +154,7 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
                 protocol::kPieceSysv | (vma->writable && !read_only ? protocol::kPieceWritable : 0),
                 static_cast<std::int32_t>(vma->inode));
         } else if (file != nullptr && file->segid == segment.segid) {
-            // Converted before for this segment. A file goes out only under grants of its
+            // Converted before for this segment. A file goes out only under permits of its
             // own segment: its revocation must reach every descriptor of it.
             file_piece(*file, length, vma_offset, !read_only && owner_writes_all_of(*file));
         } else if (file != nullptr && file->handed_out) {

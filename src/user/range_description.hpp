@@ -22,9 +22,9 @@ inline constexpr std::size_t kMaxConvertPerReply = std::size_t{256} << 20;
 
 struct RangeRequest {
     SegmentRange segment;
-    Backing::Holder holder;     // the grant the descriptors go out under
+    Backing::Holder holder;     // the permit the descriptors go out under
     std::uintptr_t start, end;  // within the segment
-    bool read_only;             // the grant's access
+    bool read_only;             // the permit's access
     bool populate;              // a FAULT: the page at `start` must be there, if converted
     PeerCredentials peer;       // who asks
     uid_t owner_uid;

@@ -7,7 +7,7 @@
 // cannot live in different files. Memory the owner moves (mremap) goes back into private
 // memory (following the owner, below); where the kernel cannot follow, it keeps its file
 // offsets, and new memory at its old address goes into another file of the segment. A
-// file is handed out only under grants for its own segment. So a descriptor reaches memory of
+// file is handed out only under permits for its own segment. So a descriptor reaches memory of
 // the segment it was handed out for and nothing else, and a descriptor of read-only
 // memory never writes it. The files are mode 0400: a read-only descriptor cannot be reopened for
 // writing through /proc by anyone but root (or the owner's uid, which can chmod it back).
@@ -53,7 +53,7 @@ struct SegmentRange {
 // thread, or by the follower thread (follow_unmapped, follow_message).
 class Backing {
   public:
-    using Holder = std::pair<std::uint64_t, std::uint64_t>;  // (session, grant) of a peer
+    using Holder = std::pair<std::uint64_t, std::uint64_t>;  // (session, permit) of a peer
 
     // One file of converted memory.
     struct File {
@@ -63,7 +63,7 @@ class Backing {
         std::size_t size;
         bool writable_memory;      // holds memory the owner could write when converted
         bool handed_out = false;   // a descriptor of it left this process
-        std::set<Holder> holders;  // the grants it was handed out under, still live
+        std::set<Holder> holders;  // the permits it was handed out under, still live
         dev_t device = 0;
         // Where the owner maps it at its natural place (address = start + offset), as
         // converted; what of that it no longer maps is punched (follow_unmapped).

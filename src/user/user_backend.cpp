@@ -13,7 +13,7 @@
 // never held while waiting on another process, and never while memory is being converted
 // (a writer blocked by the conversion may hold it). The attacher's lock comes last.
 // Sessions (connections from peers) are created, read and closed only by the service
-// thread; their grants are in `mutex_`.
+// thread; their permits are in `mutex_`.
 
 #include "user/user_backend.hpp"
 
@@ -52,10 +52,10 @@
 #include "util/error.hpp"
 #include "util/mapping.hpp"
 
-namespace xpmem::core {
+namespace xpmem::user {
 namespace {
 
-using namespace xpmem::user;
+using core::Backend;
 using util::Mapping;
 using util::throw_errno;
 using util::throw_last_errno;
@@ -65,13 +65,13 @@ constexpr std::size_t kServiceStackSize = 512 * 1024;
 // Peers are bounded so that they can neither exhaust the owner's memory nor starve its
 // application of descriptors: sessions take at most a quarter of RLIMIT_NOFILE (within
 // these bounds), another uid at most a quarter of those, a session at most
-// kMaxGrantsPerSession permits and a uid at most kMaxGrantsPerUid. The owner's own uid is
+// kMaxPermitsPerSession permits and a uid at most kMaxPermitsPerUid. The owner's own uid is
 // bounded only by the total: it could harm the owner in other ways anyway.
 constexpr std::size_t kMinSessions = 64;
 constexpr std::size_t kMaxSessions = 4096;
 constexpr std::size_t kMaxSegments = std::size_t{1} << protocol::kSerialBits;
-constexpr std::size_t kMaxGrantsPerSession = 4096;
-constexpr std::size_t kMaxGrantsPerUid = 16384;
+constexpr std::size_t kMaxPermitsPerSession = 4096;
+constexpr std::size_t kMaxPermitsPerUid = 16384;
 constexpr std::chrono::milliseconds kRevokeTimeout{2000};
 // How long an attacher waits for an owner's reply before giving up with ETIMEDOUT
 // (XPMEM_USER_TIMEOUT_MS overrides it).
@@ -93,10 +93,10 @@ struct SegmentRecord {
     std::uintptr_t start;
     std::size_t size;
     mode_t mode;
-    Owner owner;
+    OwnerCredentials owner;
 };
 
-struct Grant {
+struct Permit {
     xpmem_segid_t segid;
     int flags;
 };
@@ -107,8 +107,8 @@ struct Session {
     UniqueFd socket;
     PeerCredentials peer;        // as recorded at connect time; the only identity ever used
     std::uint32_t peer_key = 0;  // the key of the peer's own service, from its GETs
-    std::map<std::uint64_t, Grant> grants;  // guarded by mutex_
-    std::uint64_t next_grant = 1;
+    std::map<std::uint64_t, Permit> permits;  // guarded by mutex_
+    std::uint64_t next_permit = 1;
 };
 
 class UserBackend final : public Backend {
@@ -120,9 +120,9 @@ class UserBackend final : public Backend {
     int version() override { return XPMEM_USER_BACKEND_FLAG | XPMEM_USER_BACKEND_VERSION; }
     xpmem_segid_t make(std::uintptr_t address, std::size_t size, mode_t mode) override;
     void remove(xpmem_segid_t segid) override;
-    xpmem_apid_t get(xpmem_segid_t segid, int flags) override {
+    xpmem_apid_t get(xpmem_segid_t segid, Access access) override {
         note_caller();
-        return attacher_->get(segid, flags);
+        return attacher_->get(segid, static_cast<int>(access));
     }
     void release(xpmem_apid_t apid) override { attacher_->release(apid); }
     void *attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size, void *at) override {
@@ -162,7 +162,7 @@ class UserBackend final : public Backend {
     // Runs `work` on the service thread and waits for it: memory is converted there only.
     void on_service(std::function<void()> work);
     bool session_allowed_locked(const PeerCredentials &peer) const;
-    std::size_t grants_of_uid_locked(uid_t uid) const;
+    std::size_t permits_of_uid_locked(uid_t uid) const;
 
     std::vector<Range> library_intervals_locked() const;
     void note_caller_locked() { known_threads_.insert(current_thread_pointer()); }
@@ -174,7 +174,7 @@ class UserBackend final : public Backend {
     const pid_t pid_;
     const std::uint64_t start_;  // our start time, carried in our segids
     std::uint32_t key_ = 0;      // drawn at random; names our service together with pid_
-    const Owner self_;
+    const OwnerCredentials self_;
     const std::chrono::milliseconds request_timeout_;
     const std::size_t max_sessions_;
     UniqueFd listen_;
@@ -332,13 +332,13 @@ void UserBackend::remove(xpmem_segid_t segid) {
         throw_errno(EACCES, "xpmem_remove: not the owner");
     }
     std::map<pid_t, std::uint32_t> attachers;  // pid -> key of its service
-    std::set<Backing::Holder> revoked_grants;
+    std::set<Backing::Holder> revoked_permits;
     bool ours = false;
     {
         std::lock_guard lock(mutex_);
         if (segments_.erase(segid) == 0) throw_errno(EINVAL, "xpmem_remove: unknown segment");
         for (auto &[tag, session] : sessions_) {
-            for (auto it = session->grants.begin(); it != session->grants.end();) {
+            for (auto it = session->permits.begin(); it != session->permits.end();) {
                 if (it->second.segid != segid) {
                     ++it;
                     continue;
@@ -347,18 +347,18 @@ void UserBackend::remove(xpmem_segid_t segid) {
                     ours = true;
                 else
                     attachers[session->peer.pid] = session->peer_key;
-                revoked_grants.insert({session->tag, it->first});
-                it = session->grants.erase(it);
+                revoked_permits.insert({session->tag, it->first});
+                it = session->permits.erase(it);
             }
         }
     }
     if (ours) attacher_->revoke(segid);
-    // The owner takes its memory back from every file handed out under these grants only,
+    // The owner takes its memory back from every file handed out under these permits only,
     // before it returns: a peer that kept descriptors reaches none of it any more.
     on_service([&] {
         std::lock_guard lock(backing_lock_);
         backing_.forget_holders(
-            [&](const Backing::Holder &holder) { return revoked_grants.count(holder) != 0; });
+            [&](const Backing::Holder &holder) { return revoked_permits.count(holder) != 0; });
     });
     // Tell every attacher's service at once and wait at most kRevokeTimeout for them all.
     // Best effort: an attacher that is gone has nothing left to revoke; one that does not
@@ -452,11 +452,11 @@ bool UserBackend::session_allowed_locked(const PeerCredentials &peer) const {
     return same_uid < max_sessions_ / 4;
 }
 
-std::size_t UserBackend::grants_of_uid_locked(uid_t uid) const {
-    std::size_t grants = 0;
+std::size_t UserBackend::permits_of_uid_locked(uid_t uid) const {
+    std::size_t permits = 0;
     for (const auto &[tag, session] : sessions_)
-        if (session->peer.uid == uid) grants += session->grants.size();
-    return grants;
+        if (session->peer.uid == uid) permits += session->permits.size();
+    return permits;
 }
 
 void UserBackend::accept_session() {
@@ -483,7 +483,7 @@ void UserBackend::close_session(std::uint64_t tag) {
         auto it = sessions_.find(tag);
         if (it == sessions_.end()) return;
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->socket.get(), nullptr);
-        sessions_.erase(it);  // and with it every grant the peer held
+        sessions_.erase(it);  // and with it every permit the peer held
     }
     std::lock_guard lock(backing_lock_);
     backing_.forget_holders([&](const Backing::Holder &holder) { return holder.first == tag; });
@@ -553,7 +553,7 @@ void UserBackend::serve_session(std::uint64_t tag) {
     } else if (parse(release)) {
         {
             std::lock_guard lock(mutex_);
-            session->grants.erase(release.permit);
+            session->permits.erase(release.permit);
         }
         std::lock_guard lock(backing_lock_);
         backing_.forget_holders([&](const Backing::Holder &holder) {
@@ -579,12 +579,12 @@ void UserBackend::handle_get(Session &session, const protocol::GetRequest &reque
         else if (!permitted(session.peer, segment->second.owner, segment->second.mode,
                             request.flags))
             reply.error = EACCES;
-        else if (session.grants.size() >= kMaxGrantsPerSession ||
-                 grants_of_uid_locked(session.peer.uid) >= kMaxGrantsPerUid)
+        else if (session.permits.size() >= kMaxPermitsPerSession ||
+                 permits_of_uid_locked(session.peer.uid) >= kMaxPermitsPerUid)
             reply.error = ENOSPC;
         else {
-            reply.permit = session.next_grant++;
-            session.grants.emplace(reply.permit, Grant{request.segid, request.flags});
+            reply.permit = session.next_permit++;
+            session.permits.emplace(reply.permit, Permit{request.segid, request.flags});
         }
     }
     send_message(session.socket.get(), bytes_of(reply), {}, true);
@@ -605,9 +605,9 @@ void UserBackend::handle_attach(Session &session, std::uint64_t permit, std::uin
     std::vector<std::uintptr_t> known_threads;
     {
         std::lock_guard lock(mutex_);
-        auto grant = session.grants.find(permit);
+        auto issued = session.permits.find(permit);
         auto segment =
-            grant == session.grants.end() ? segments_.end() : segments_.find(grant->second.segid);
+            issued == session.permits.end() ? segments_.end() : segments_.find(issued->second.segid);
         if (segment == segments_.end()) {
             reply.error = ENOENT;
         } else if (size == 0 || !util::page_aligned(offset) || !util::page_aligned(size) ||
@@ -617,7 +617,7 @@ void UserBackend::handle_attach(Session &session, std::uint64_t permit, std::uin
             segment_range = {segment->first, segment->second.start, segment->second.size};
             start = segment->second.start + offset;
             end = start + size;
-            read_only = grant->second.flags == XPMEM_RDONLY;
+            read_only = issued->second.flags == XPMEM_RDONLY;
             ours = library_intervals_locked();
             known_threads.assign(known_threads_.begin(), known_threads_.end());
         }
@@ -672,8 +672,8 @@ void UserBackend::handle_revoke(Session &session, const protocol::RevokeRequest 
 
 }  // namespace
 
-std::unique_ptr<Backend> make_user_backend() {
+std::unique_ptr<core::Backend> make_user_backend() {
     return std::make_unique<UserBackend>();
 }
 
-}  // namespace xpmem::core
+}  // namespace xpmem::user

@@ -4,9 +4,9 @@
 
 #include "core/backend.hpp"
 
-namespace xpmem::core {
+namespace xpmem::user {
 
 // The backend that needs no kernel module and no privilege (spec section 5).
-std::unique_ptr<Backend> make_user_backend();
+std::unique_ptr<core::Backend> make_user_backend();
 
-}  // namespace xpmem::core
+}  // namespace xpmem::user

@@ -38,7 +38,7 @@ inline constexpr std::array<SegmentSpec, 6> kSegments{{
     {"churn-0666", 8, 0666, false, 0, false, kNoHole},
 }};
 // The owner removes this segment and makes it again over the same memory every few
-// milliseconds: its ids go stale while fuzzers hold grants and attach. It comes last.
+// milliseconds: its ids go stale while fuzzers hold permits and attach. It comes last.
 inline constexpr std::size_t kChurn = kSegments.size() - 1;
 
 inline std::size_t segment_size(std::size_t segment) {
@@ -63,12 +63,12 @@ enum class Op : unsigned {
     burst,             // up to 16 requests before reading any reply
     many_connections,  // up to 40 connections open at once
     connect_close,     // connect, then close at once (perhaps with a request unread)
-    grant_flood,       // 4096 grants on one connection, then one more: ENOSPC
+    permit_flood,       // 4096 permits on one connection, then one more: ENOSPC
     count
 };
 inline constexpr std::array kOpNames{
     "get",        "attach", "release",          "revoke",        "mutated",    "descriptors",
-    "half_close", "burst",  "many_connections", "connect_close", "grant_flood"};
+    "half_close", "burst",  "many_connections", "connect_close", "permit_flood"};
 static_assert(kOpNames.size() == static_cast<std::size_t>(Op::count));
 
 inline constexpr unsigned kMaxFuzzers = 16;

@@ -5,9 +5,9 @@
 // request (size, magic and type) or that carries descriptors closes the connection and
 // gets no answer; requests are answered in order (RELEASE never); GET checks the segid,
 // then the flags, then the mode against the caller's credentials, then the per-connection
-// grant limit, and numbers grants 1, 2, ... per connection; ATTACH needs a grant of this
+// permit limit, and numbers permits 1, 2, ... per connection; ATTACH needs a permit of this
 // connection and a non-empty page-aligned range inside the segment, and its descriptors
-// reach that segment's memory only, read-only for a read-only grant; REVOKE is refused to
+// reach that segment's memory only, read-only for a read-only permit; REVOKE is refused to
 // anyone but the segid's own process. The churn segment may vanish at any moment, so for
 // it ENOENT is always a valid answer.
 
@@ -84,7 +84,7 @@ using xpmem::util::UniqueFd;
 using xpmem_fuzz::Draws;
 
 constexpr int kReplyTimeoutMs = 10000;
-constexpr std::size_t kMaxGrants = 4096;  // the service's grants per connection
+constexpr std::size_t kMaxPermits = 4096;  // the service's permits per connection
 constexpr std::size_t kMaxReplyFds = 64;  // room to see more than protocol::kMaxFds
 
 // One datagram as sent: a request, or anything else.
@@ -141,7 +141,7 @@ struct Lookup {
     bool certain = true;                 // false: it may also be gone (ENOENT)
 };
 
-struct Grant {
+struct Permit {
     std::size_t segment;
     int flags;
 };
@@ -159,10 +159,10 @@ struct Pending {
 struct Connection {
     UniqueFd socket;
     std::deque<Pending> pending;
-    std::map<std::uint64_t, Grant> grants;  // live, as far as we know
+    std::map<std::uint64_t, Permit> permits;  // live, as far as we know
     std::vector<std::uint64_t> released;
     std::uint64_t next_permit = 1;
-    std::size_t fixed_grants = 0;  // grants of segments that cannot vanish: surely live
+    std::size_t fixed_permits = 0;  // permits of segments that cannot vanish: surely live
     bool answered = false;         // the service has answered here: its session exists
     bool doomed = false;           // sent something that must close it
     bool closed = false;           // the service closed it
@@ -199,7 +199,7 @@ class Fuzzer {
     // ---- choosing an input ------------------------------------------------------------
 
     void step(Draws &d) {
-        if (d.below(100000) == 0) return grant_flood();
+        if (d.below(100000) == 0) return permit_flood();
         std::uint64_t choice = d.below(1000);
         if (choice < 280) return single(d, Op::get, Message::of(get(d)));
         if (choice < 440) return single(d, Op::attach, Message::of(attach(d)));
@@ -261,13 +261,13 @@ class Fuzzer {
         return choice < 97 ? d.pick(kOdd) : static_cast<int>(d.raw());
     }
 
-    // A grant of the main connection (most of the time), one given back, or a guess.
+    // A permit of the main connection (most of the time), one given back, or a guess.
     std::uint64_t choose_permit(Draws &d) {
         Connection &c = main_;
         std::uint64_t choice = d.below(100);
-        if (choice < 75 && !c.grants.empty()) {
-            auto it = c.grants.begin();
-            std::advance(it, static_cast<long>(d.below(c.grants.size())));
+        if (choice < 75 && !c.permits.empty()) {
+            auto it = c.permits.begin();
+            std::advance(it, static_cast<long>(d.below(c.permits.size())));
             return it->first;
         }
         if (choice < 85 && !c.released.empty()) return c.released[d.below(c.released.size())];
@@ -291,9 +291,9 @@ class Fuzzer {
 
     wire::AttachRequest attach(Draws &d) {
         std::uint64_t permit = choose_permit(d);
-        auto grant = main_.grants.find(permit);
+        auto held = main_.permits.find(permit);
         std::uint64_t size_of_segment = segment_size(
-            grant != main_.grants.end() ? grant->second.segment : d.below(kSegments.size()));
+            held != main_.permits.end() ? held->second.segment : d.below(kSegments.size()));
         std::uint64_t pages = size_of_segment / kPage;
         std::uint64_t offset;
         std::uint64_t choice = d.below(100);
@@ -650,10 +650,10 @@ class Fuzzer {
     }
 
     void apply_release(Connection &c, std::uint64_t permit) {
-        auto it = c.grants.find(permit);
-        if (it == c.grants.end()) return;
-        if (it->second.segment != kChurn) --c.fixed_grants;
-        c.grants.erase(it);
+        auto it = c.permits.find(permit);
+        if (it == c.permits.end()) return;
+        if (it->second.segment != kChurn) --c.fixed_permits;
+        c.permits.erase(it);
         c.released.push_back(permit);
     }
 
@@ -716,14 +716,14 @@ class Fuzzer {
             expected = EINVAL;
         else if (!permitted(kSegments[*lookup.segment].mode, get_request.flags))
             expected = EACCES;
-        else if (c.grants.size() >= kMaxGrants)
-            // Churn grants may be gone already: ENOSPC is certain only for those that cannot.
-            expected = c.fixed_grants >= kMaxGrants ? ENOSPC : -1;
+        else if (c.permits.size() >= kMaxPermits)
+            // Churn permits may be gone already: ENOSPC is certain only for those that cannot.
+            expected = c.fixed_permits >= kMaxPermits ? ENOSPC : -1;
         bool ok = reply.error == expected || (!lookup.certain && reply.error == ENOENT) ||
                   (expected == -1 && (reply.error == ENOSPC || reply.error == 0));
         if (!ok) {
-            failure(fmt::format("GET answered {} (expected {}{}; {} grants): {}", reply.error,
-                                expected, lookup.certain ? "" : " or ENOENT", c.grants.size(),
+            failure(fmt::format("GET answered {} (expected {}{}; {} permits): {}", reply.error,
+                                expected, lookup.certain ? "" : " or ENOENT", c.permits.size(),
                                 describe(request)));
             return;
         }
@@ -734,26 +734,26 @@ class Fuzzer {
             c.next_permit = reply.permit;
         }
         ++c.next_permit;
-        c.grants[reply.permit] = Grant{*lookup.segment, get_request.flags};
-        if (*lookup.segment != kChurn) ++c.fixed_grants;
+        c.permits[reply.permit] = Permit{*lookup.segment, get_request.flags};
+        if (*lookup.segment != kChurn) ++c.fixed_permits;
     }
 
     void check_attach(Connection &c, const Pending &request, const wire::AttachReply &reply,
                       std::span<const UniqueFd> fds) {
         auto attach_request = request.message.as<wire::AttachRequest>();
-        auto grant = c.grants.find(attach_request.permit);
+        auto permit = c.permits.find(attach_request.permit);
         int expected = 0;
         std::uint64_t size = 0;
-        if (grant == c.grants.end()) {
+        if (permit == c.permits.end()) {
             expected = ENOENT;
         } else {
-            size = segment_size(grant->second.segment);
+            size = segment_size(permit->second.segment);
             std::uint64_t offset = attach_request.offset, length = attach_request.size;
             if (length == 0 || offset % kPage != 0 || length % kPage != 0 || offset > size ||
                 length > size - offset)
                 expected = EINVAL;
         }
-        bool may_be_gone = grant != c.grants.end() && grant->second.segment == kChurn;
+        bool may_be_gone = permit != c.permits.end() && permit->second.segment == kChurn;
         if (reply.error != expected && !(may_be_gone && reply.error == ENOENT)) {
             failure(fmt::format("ATTACH answered {} (expected {}{}): {}", reply.error, expected,
                                 may_be_gone ? " or ENOENT" : "", describe(request)));
@@ -765,16 +765,16 @@ class Fuzzer {
                                     reply.error, reply.piece_count, fds.size()));
             return;
         }
-        check_pieces(request, reply, grant->second, fds);
+        check_pieces(request, reply, permit->second, fds);
     }
 
     // The pieces cover a prefix of the range: holes only where the owner has one, and file
     // pieces at the file offset of their place in the segment.
-    void check_pieces(const Pending &request, const wire::AttachReply &reply, const Grant &grant,
+    void check_pieces(const Pending &request, const wire::AttachReply &reply, const Permit &permit,
                       std::span<const UniqueFd> fds) {
         auto attach_request = request.message.as<wire::AttachRequest>();
-        const SegmentSpec &spec = kSegments[grant.segment];
-        bool read_only = grant.flags == XPMEM_RDONLY;
+        const SegmentSpec &spec = kSegments[permit.segment];
+        bool read_only = permit.flags == XPMEM_RDONLY;
         if (reply.piece_count == 0 || reply.piece_count > wire::kMaxPieces ||
             fds.size() > wire::kMaxFds) {
             failure(fmt::format("ATTACH reply with {} pieces and {} descriptors: {}",
@@ -799,7 +799,7 @@ class Fuzzer {
             if (piece.fd_index < 0) {
                 bool in_hole = spec.hole_page != kNoHole && at >= spec.hole_page * kPage &&
                                at + piece.length <= (spec.hole_page + 1) * kPage;
-                // Another user gets a memfd only if it is sealed, and for a read-only grant
+                // Another user gets a memfd only if it is sealed, and for a read-only permit
                 // only if its mode keeps that user from reopening it for writing (root and
                 // the owner's uid get everything of the owner's anyway).
                 bool foreign = uid_ != 0 && uid_ != shared_.owner_uid;
@@ -814,14 +814,14 @@ class Fuzzer {
             }
             at += piece.length;
         }
-        for (const UniqueFd &fd : fds) check_descriptor(request, grant, fd.get());
+        for (const UniqueFd &fd : fds) check_descriptor(request, permit, fd.get());
         shared_.attaches_checked.fetch_add(1);
     }
 
     // A descriptor may reach bytes of the granted segment only, and only read them if the
-    // grant was read-only.
-    void check_descriptor(const Pending &request, const Grant &grant, int fd) {
-        std::size_t limit = segment_size(grant.segment);
+    // permit was read-only.
+    void check_descriptor(const Pending &request, const Permit &permit, int fd) {
+        std::size_t limit = segment_size(permit.segment);
         struct stat status {};
         if (::fstat(fd, &status) < 0 || !S_ISREG(status.st_mode) ||
             static_cast<std::uint64_t>(status.st_size) > limit) {
@@ -839,23 +839,23 @@ class Fuzzer {
             Mapping mapping(view, size);
             const auto *words = reinterpret_cast<const std::uint64_t *>(mapping.data());
             for (std::size_t i = 0; i < size / 8; ++i) {
-                if (words[i] == 0 || words[i] == stamp(grant.segment, i * 8)) continue;
+                if (words[i] == 0 || words[i] == stamp(permit.segment, i * 8)) continue;
                 failure(
                     fmt::format("word {:#x} at file offset {:#x} of a descriptor for segment "
                                 "{} (expected {:#x} or 0): {}",
-                                words[i], i * 8, kSegments[grant.segment].name,
-                                stamp(grant.segment, i * 8), describe(request)));
+                                words[i], i * 8, kSegments[permit.segment].name,
+                                stamp(permit.segment, i * 8), describe(request)));
                 return;
             }
             shared_.words_checked.fetch_add(size / 8);
         }
-        if (grant.flags == XPMEM_RDONLY) {
+        if (permit.flags == XPMEM_RDONLY) {
             if ((::fcntl(fd, F_GETFL) & O_ACCMODE) != O_RDONLY)
-                failure("a writable descriptor for a read-only grant: " + describe(request));
+                failure("a writable descriptor for a read-only permit: " + describe(request));
             void *writable = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
             if (writable != MAP_FAILED) {
                 ::munmap(writable, kPage);
-                failure("a read-only grant's descriptor maps writable: " + describe(request));
+                failure("a read-only permit's descriptor maps writable: " + describe(request));
             }
             // Root may reopen anything, and the owner's uid may chmod the owner's files back;
             // anyone else must not get write access this way.
@@ -863,9 +863,9 @@ class Fuzzer {
             UniqueFd reopened(::open(path.c_str(), O_RDWR | O_CLOEXEC));
             if (uid_ != 0 && uid_ != shared_.owner_uid && reopened)
                 failure(
-                    fmt::format("uid {} reopened a read-only grant's descriptor ({}) for "
+                    fmt::format("uid {} reopened a read-only permit's descriptor ({}) for "
                                 "writing: {}",
-                                uid_, kSegments[grant.segment].name, describe(request)));
+                                uid_, kSegments[permit.segment].name, describe(request)));
         }
         shared_.descriptors_checked.fetch_add(1);
     }
@@ -993,23 +993,23 @@ class Fuzzer {
         }
     }
 
-    // Fills one connection with grants up to the limit: one more is ENOSPC, and a RELEASE
+    // Fills one connection with permits up to the limit: one more is ENOSPC, and a RELEASE
     // makes room again.
-    void grant_flood() {
+    void permit_flood() {
         Connection c = connect();
-        count(Op::grant_flood);
+        count(Op::permit_flood);
         wire::GetRequest request{.segid = shared_.segids[2].load(), .flags = XPMEM_RDONLY};
-        for (std::size_t sent = 0; sent <= kMaxGrants && !c.closed; ++sent) {
-            count(Op::grant_flood);
+        for (std::size_t sent = 0; sent <= kMaxPermits && !c.closed; ++sent) {
+            count(Op::permit_flood);
             post(c, Message::of(request));
             if (sent % 16 == 15) drain(c);
         }
         drain(c);
         if (c.closed) return;
-        if (c.grants.size() != kMaxGrants)
-            failure(fmt::format("{} grants on one connection (expected {})", c.grants.size(),
-                                kMaxGrants));
-        count(Op::grant_flood, 2);
+        if (c.permits.size() != kMaxPermits)
+            failure(fmt::format("{} permits on one connection (expected {})", c.permits.size(),
+                                kMaxPermits));
+        count(Op::permit_flood, 2);
         post(c, Message::of(wire::ReleaseRequest{.permit = 1}));
         post(c, Message::of(request));
         drain(c);
