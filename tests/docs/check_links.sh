@@ -11,12 +11,13 @@ outside_fences() { awk '/^[[:space:]]*```/ { fenced = !fenced; next } !fenced' "
 
 # The ids of a file's headings, one per line; repeated ones get -1, -2, ... as on GitHub.
 heading_ids() {
-    outside_fences "$1" | sed -n 's/^#\{1,6\}[[:space:]]\{1,\}//p' | tr 'A-Z' 'a-z' |
+    outside_fences "$1" | sed -n 's/^#\{1,6\}[[:space:]]\{1,\}//p' | tr '[:upper:]' '[:lower:]' |
         sed 's/[^a-z0-9 _-]//g; s/ /-/g' | awk '{ n = seen[$0]++; print (n ? $0 "-" n : $0) }'
 }
 
 # The targets of a file's inline links and images, code spans left out.
 link_targets() {
+    # shellcheck disable=SC2016 # the backquotes are Markdown's, not the shell's
     outside_fences "$1" | sed 's/`[^`]*`//g' | grep -oE '\]\([^) ]+\)' | sed 's/^](//; s/)$//' ||
         true
 }
