@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR MIT) */
 /*
- * The classic /dev/xpmem ioctl ABI (spec section 3): _IO('x', n) commands carrying a
- * pointer to one of these LP64 structs. Shared by the library's kernel backend and
+ * The classic /dev/xpmem ioctl ABI (docs/contract.md, section 3): _IO('x', n) commands
+ * carrying a pointer to one of these LP64 structs. Shared by the library's kernel backend and
  * the module, so both speak to the classic counterparts unchanged.
  */
 #ifndef XPMEM_ABI_H

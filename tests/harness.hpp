@@ -197,7 +197,7 @@ bool readable_by_kernel(const void *address);
 
 // The owner publishes `pages` fresh anonymous pages set up by `prepare`; once the attacher
 // has attached them and faulted them in, the owner runs `change` on its memory, then the
-// attacher runs `check` on its view. Spec section 2, "owner changes its memory".
+// attacher runs `check` on its view. docs/contract.md §2, "owner changes its memory".
 void after_owner_change(std::size_t pages, const std::function<void(char *)> &prepare,
                         const std::function<void(char *)> &change,
                         const std::function<void(const std::byte *)> &check);
@@ -225,7 +225,7 @@ void expect_all_ok(std::initializer_list<Process *> processes);
 void expect_all_ok(std::vector<Process> &processes);
 
 // Skips a test of a hole that is still open, with its reason, unless XPMEM_RUN_OPEN_HOLES=1:
-// it fails today, and the README says so.
+// it fails today, and its page in docs/ says so.
 bool run_open_holes();
 #define OPEN_HOLE(text)                                                                   \
     do {                                                                                  \

@@ -1,4 +1,4 @@
-// Spec sections 1 and 2: loads and stores through attachments hit the owner's memory,
+// docs/contract.md §1 and §2: loads and stores through attachments hit the owner's memory,
 // both ways at once; read-only permits; large segments; fixed-address, self and repeated
 // attachments.
 
@@ -326,7 +326,7 @@ TEST_P(Access, ConcurrentCallers) {
 }
 
 // A process-shared mutex in the owner's memory synchronises owner and attacher. Only the
-// user backend promises this for private memory (spec section 2, system calls row).
+// user backend promises this for private memory (docs/contract.md §2, system calls row).
 TEST_P(Access, ProcessSharedMutexInAnAttachment) {
     if (!user_backend()) GTEST_SKIP() << "futexes over private pages meet only in the user backend";
     constexpr int kRounds = 20000;

@@ -1,4 +1,4 @@
-// Spec section 1: every argument check, with its errno, and nothing changed by a failure.
+// docs/contract.md §1: every argument check, with its errno, and nothing changed by a failure.
 
 #include <sys/mman.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-// Spec section 5: private memory of every kind becomes attachable in place while a thread
+// docs/contract.md §5: private memory of every kind becomes attachable in place while a thread
 // keeps storing into it, with no store lost; memory that is already shared is handed over
 // as it is.
 

@@ -1,4 +1,4 @@
-// Spec section 2, "owner changes its memory": an attachment always shows what the owner
+// docs/contract.md §2, "owner changes its memory": an attachment always shows what the owner
 // maps at those addresses now. Once munmap, mmap, mremap, madvise(MADV_DONTNEED) or brk
 // returns in the owner, the attacher's very next access sees the result: SIGBUS where the
 // owner has nothing mapped (for loads and stores alike), the owner's new bytes where it
@@ -134,7 +134,7 @@ Fault store(void *address, char value) {
 
 // The si_code of the SIGBUS for a hole: the kernel's BUS_ADRERR, or on the user backend
 // SI_QUEUE, for the library sends it (only the kernel or the thread itself may send
-// BUS_ADRERR; README, "following the owner").
+// BUS_ADRERR; docs/user-backend.md, "Following the owner").
 int hole_si_code() {
     return (xpmem_version() & XPMEM_USER_BACKEND_FLAG) != 0 ? static_cast<int>(SI_QUEUE)
                                                             : static_cast<int>(BUS_ADRERR);
@@ -274,7 +274,7 @@ TEST_P(Follow, MunmapThenMmapFixedShowsTheNewBytes) {
 // mappings that could be made writable, and a read-only one must not be (mprotect to
 // writable fails with EACCES). Once the owner unmaps the memory, the attachment shows
 // zeroes there (never the old bytes), until an attach or fault of a read-write permit
-// makes the new memory shareable (README, limits).
+// makes the new memory shareable (docs/user-backend.md, limits).
 TEST_P(Follow, ReadOnlyAttachmentShowsZeroesWhereTheOwnerReplacedItsMemory) {
     bool user = user_backend();
     follow({
@@ -669,7 +669,7 @@ TEST_P(Follow, WriteFromAReplacedPageTheAttacherHasNotTouchedSince) {
 //   - the user backend: the waiter is keyed to the private page that the conversion
 //     replaced by shared memory; a waiter that starts after the attach waits on the
 //     shared page, and the wake through the attachment reaches it.
-// (README, "following the owner".)
+// (docs/user-backend.md, "Following the owner".)
 
 // Whether thread `tid` of the calling process is blocked in futex(2).
 bool in_futex_wait(pid_t tid) {
@@ -849,7 +849,7 @@ struct CacheRound {
     bool mapped;
     // The churn thread was still freeing memory at this buffer's addresses (its munmap had
     // not returned) when the buffer was filled: the user backend may show the old memory
-    // there until that munmap returns (README, "following the owner").
+    // there until that munmap returns (docs/user-backend.md, "Following the owner").
     bool racing_unmap = false;
 };
 

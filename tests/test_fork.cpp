@@ -1,4 +1,4 @@
-// Spec section 2, fork: a child inherits no attachment and no segment, can use the
+// docs/contract.md §2, fork: a child inherits no attachment and no segment, can use the
 // library afresh, and the owner's memory keeps copy-on-write semantics for its children.
 
 #include <signal.h>
@@ -116,7 +116,7 @@ TEST_P(Fork, OwnerMemoryStaysCopyOnWrite) {
 
 // A child made by a raw fork system call runs no pthread_atfork handler and starts with its
 // parent's library state. The library notices the new pid at the child's first call and
-// drops the parent's backend (spec section 2, fork); the module would also answer the
+// drops the parent's backend (docs/contract.md §2, fork); the module would also answer the
 // parent's descriptor with XPMEM_ERRNO_NOPROC.
 TEST_P(Fork, RawForkChildRecoversFromNoproc) {
     // The sanitizer's allocator has one lock for all threads, and a raw fork runs no fork
@@ -145,8 +145,8 @@ TEST_P(Fork, RawForkChildRecoversFromNoproc) {
 
 // Until a raw fork child calls into the library, the user backend has not copied the
 // owner's converted memory back into private memory: the child shares it with its parent
-// (README, limits). Its first call does the copy; from then on its stores are its own. The
-// kernel backend never shares the owner's memory with a child.
+// (docs/user-backend.md, limits). Its first call does the copy; from then on its stores are
+// its own. The kernel backend never shares the owner's memory with a child.
 TEST_P(Fork, RawForkChildSharesConvertedMemoryUntilItsFirstCall) {
     if (user_backend() && xpmem::util::kSanitizer)
         GTEST_SKIP() << "a raw fork of a multithreaded process under a sanitizer can inherit "

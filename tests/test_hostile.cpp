@@ -1,4 +1,4 @@
-// Spec section 1 "bad input" for the user backend's sockets: a hostile or broken local peer
+// docs/contract.md §2 "bad input" for the user backend's sockets: a hostile or broken local peer
 // (garbage, someone else's permit, descriptors sent to the owner, a forged revoke, a peer
 // that dies mid-request) gets an error or a closed connection; the owner keeps serving
 // and leaks nothing.

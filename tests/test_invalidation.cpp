@@ -1,4 +1,4 @@
-// Spec section 2, "owner changes its memory", when someone other than the owner changes it:
+// docs/contract.md §2, "owner changes its memory", when someone other than the owner changes it:
 // the kernel collapsing pages into a huge page, migrating a page to another NUMA node,
 // another process truncating a file the owner maps. An existing attachment must show the
 // owner's current memory afterwards, never the pages that were there before. (Changes the

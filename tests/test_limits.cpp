@@ -1,6 +1,7 @@
-// Where a backend does not match the spec yet (README, "Limits"): each test pins today's
-// behaviour, so a change to it is seen. (The owner changing its memory under a live
-// attachment is not pinned here: test_follow.cpp holds both backends to the spec.)
+// Where a backend does not match the contract yet (docs/kernel-module.md, "What it does not
+// do"; docs/user-backend.md, "Limits"): each test pins today's behaviour, so a change to it
+// is seen. (The owner changing its memory under a live attachment is not pinned here:
+// test_follow.cpp holds both backends to the contract, docs/contract.md §2.)
 
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -22,11 +23,12 @@ constexpr std::size_t kPage = 4096;
 
 class Limits : public xt::BackendTest {};
 
-// Spec section 2, system calls on attached memory. read(2) into an attachment and write(2)
+// docs/contract.md §2, system calls on attached memory. read(2) into an attachment and write(2)
 // from it work in both backends. What pins pages with get_user_pages works in the user
 // backend, where an attachment is an ordinary shared mapping; in the kernel backend an
-// attachment is a PFN mapping, and those calls fail cleanly with EFAULT (README, "Kernel
-// module": why a module cannot offer more for an owner's private pages).
+// attachment is a PFN mapping, and those calls fail cleanly with EFAULT
+// (docs/kernel-module.md, "What it does not do": why a module cannot offer more for an owner's
+// private pages).
 TEST_P(Limits, SystemCallsOnAttachedMemory) {
     bool user = user_backend();
     xt::after_owner_change(

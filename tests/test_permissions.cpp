@@ -1,4 +1,4 @@
-// Spec section 1, the permission check of xpmem_get, across real uids: owner uid -> user
+// docs/contract.md §1, the permission check of xpmem_get, across real uids: owner uid -> user
 // bits, owner gid or a supplementary group -> group bits, else other bits; RDONLY needs r,
 // RDWR needs r and w; root (CAP_IPC_OWNER) passes. Only the owner removes.
 

@@ -1,4 +1,4 @@
-// Spec section 2: holes raise SIGBUS; remove and owner exit revoke every attachment
+// docs/contract.md §2: holes raise SIGBUS; remove and owner exit revoke every attachment
 // (SIGBUS, no hang); attacher exit frees everything the owner kept for it.
 
 #include <signal.h>
@@ -198,7 +198,7 @@ int device_descriptor() {
     return -1;
 }
 
-// Spec section 4: closing a dup()ed descriptor of the device, or a fork child exiting with
+// docs/contract.md §4: closing a dup()ed descriptor of the device, or a fork child exiting with
 // its inherited copy, must not tear the owner's state down (the classic module does).
 TEST_P(Revoke, ClosingACopyOfTheDescriptorRevokesNothing) {
     if (user_backend()) GTEST_SKIP() << "the user backend has no device descriptor";

@@ -129,9 +129,10 @@ TEST_P(Stress, AttachersFaultWhileTheOwnerRemapsAndRemoves) {
         mmap(nullptr, sizeof(Board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     ASSERT_NE(shared, MAP_FAILED);
     auto *board = new (shared) Board;
-    // With the user backend the owner only rewrites its memory (README, limits): a store
-    // can still be lost when the owner maps over memory in the instant a conversion moves
-    // its copy there, and mremap(MREMAP_DONTUNMAP) fails on converted memory (shmem).
+    // With the user backend the owner only rewrites its memory (docs/user-backend.md,
+    // limits): a store can still be lost when the owner maps over memory in the instant a
+    // conversion moves its copy there, and mremap(MREMAP_DONTUNMAP) fails on converted
+    // memory (shmem).
     bool remap = !user_backend();
 
     std::vector<xt::Process> processes;

@@ -1,8 +1,8 @@
 // SysV shared memory (shmget/shmat) in a segment: UCX allocates its buffers and FIFOs there
 // by default. It is attached like any other shared object: the attacher maps the segment
 // itself, so it shares one memory with the owner and every other process that attached it.
-// On the user backend the attacher attaches it with its own IPC permission (README: SysV
-// shared memory).
+// On the user backend the attacher attaches it with its own IPC permission
+// (docs/user-backend.md: SysV shared memory).
 
 #include <signal.h>
 #include <sys/ipc.h>

@@ -502,8 +502,9 @@ TEST_P(SysvAttacks, ReadOnlyPermitGetsNoWritableSysvPiece) {
 // segment of the owner when the attacher touches it: the piece is mapped at fault time, by
 // mremap, which carries the flags of the shmat()ed mapping, not the attachment's
 // MADV_DONTFORK. The attacher then forks.
-// Expected secure behaviour: the attacher's child inherits no attachment (README: fork
-// children inherit no attachment): a load there raises SIGSEGV in the child.
+// Expected secure behaviour: the attacher's child inherits no attachment
+// (docs/user-backend.md: a fork child inherits no attachment): a load there raises SIGSEGV
+// in the child.
 namespace {
 
 // The attacher's fork child after a piece was mapped at fault time: SysV (`sysv`), or the

@@ -1917,8 +1917,9 @@ TEST_P(UserAttacks, RemovedSegmentIsNotReadableWhileAPartnerHoldsAContainingSegm
             auto *view = static_cast<char *>(xpmem_attach(xpmem_addr{apid, 0}, 4 * kPage, nullptr));
             CHILD_CHECK(view != reinterpret_cast<void *>(-1));
             // Page 1 went out under the attacker's permit of the small segment first: in
-            // the partner's attachment of the containing one it is a hole (README,
-            // limits: segments that overlap). The partner's permit must not keep it alive.
+            // the partner's attachment of the containing one it is a hole
+            // (docs/user-backend.md, limits: segments that overlap). The partner's permit
+            // must not keep it alive.
             partner_steps.send_b(1);
             partner_steps.receive_b<int>();  // keeps its attachment until the end
         });

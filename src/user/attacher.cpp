@@ -281,7 +281,7 @@ bool Attacher::map_pieces(std::uintptr_t at, const protocol::AttachReply &reply,
             map_fixed(start, piece.length, writable ? prot : PROT_READ, MAP_SHARED,
                       fds[piece.fd_index].get(), piece.file_offset);
             // userfaultfd registers only mappings that could be made writable: a read-only
-            // piece does not follow the owner (README, limits).
+            // piece does not follow the owner (docs/user-backend.md, limits).
             bool watched = (piece.flags & protocol::kPieceFollowed) != 0 && writable &&
                            fetcher_ != nullptr && fetcher_->watch(start, end) == 0;
             // A watched page the owner left out of its file would fault again for ever: the

@@ -1,4 +1,5 @@
-// The System V IPC permission check of spec section 1, applied to a peer's credentials.
+// The System V IPC permission check of xpmem_get (docs/contract.md §1), applied to a peer's
+// credentials.
 #pragma once
 
 #include <sys/types.h>

@@ -159,7 +159,7 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
             file_piece(*file, length, vma_offset, !read_only && owner_writes_all_of(*file));
         } else if (file != nullptr && file->handed_out) {
             // Another segment's memory, already shared under that segment: it cannot move
-            // without its attachers losing sight of it (README, limits).
+            // without its attachers losing sight of it (docs/user-backend.md, limits).
             hole(length);
         } else if (file == nullptr && (vma->shared || unmodified_file)) {
             // Objects go as they are, if all of the object lies in the segment.
@@ -186,7 +186,7 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
             }
         } else {
             // Private memory, or another segment's file nobody was given: make it this
-            // segment's, unless io_uring pinned it (README: pinned memory).
+            // segment's, unless io_uring pinned it (docs/security.md: pinned memory).
             length = std::min<std::uint64_t>(length, kMaxConvertPerReply - converted);
             piece_end = cursor + length;
             if (!pinned) pinned = io_uring_buffers();

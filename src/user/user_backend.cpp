@@ -362,7 +362,7 @@ void UserBackend::remove(xpmem_segid_t segid) {
     });
     // Tell every attacher's service at once and wait at most kRevokeTimeout for them all.
     // Best effort: an attacher that is gone has nothing left to revoke; one that does not
-    // answer in time keeps what it mapped (see the README's security model).
+    // answer in time keeps what it mapped (see docs/security.md).
     std::vector<UniqueFd> notified;
     for (auto [attacher, key] : attachers) {
         try {

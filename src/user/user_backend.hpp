@@ -6,7 +6,8 @@
 
 namespace xpmem::user {
 
-// The backend that needs no kernel module and no privilege (spec section 5).
+// The backend that needs no kernel module and no privilege (docs/contract.md §5,
+// docs/user-backend.md).
 std::unique_ptr<core::Backend> make_user_backend();
 
 }  // namespace xpmem::user

@@ -82,7 +82,7 @@ verdict() {
     echo "clients: $name passed"
 }
 
-# UCX's own mremap bug (README), which the library works around: reported, not failed on.
+# UCX's own mremap bug (docs/clients.md), which the library works around: reported, not failed on.
 echo "clients: UCX's mremap hook: $("$stage/ucm_mremap" 2>&1 || true)"
 
 failed=0

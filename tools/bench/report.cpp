@@ -87,7 +87,7 @@ std::vector<Target> targets(const std::vector<Figure> &figures) {
     if (attach && populate)
         add("attach + first touch of 1 GiB / mmap(MAP_POPULATE)", paired_ratio(*attach, *populate),
             1.5, false);
-    // The same, against a floor that touches every page too (see the README).
+    // The same, against a floor that touches every page too (see docs/performance.md).
     auto floor = find(figures, "attach-floor", "mmap(MAP_POPULATE) + touch", 1UL << 30);
     if (attach && floor)
         add("attach + first touch of 1 GiB / mmap(MAP_POPULATE) + touch",
