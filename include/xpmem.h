@@ -75,7 +75,7 @@ int xpmem_version(void);
  * xpmem_init - select the backend now rather than at the first call.
  *
  * Optional; calling it again does nothing. Returns 0, or -1 with errno:
- *   EINVAL   XPMEM_BACKEND is set to something other than "user" or "kernel".
+ *   EINVAL   XPMEM_BACKEND is neither empty nor "user" nor "kernel".
  *   ENOENT, EACCES, ...
  *            XPMEM_BACKEND=kernel and /dev/xpmem does not open (the errno of
  *            open(2)) or does not answer its VERSION command (that errno).
@@ -173,8 +173,8 @@ int xpmem_release(xpmem_apid_t apid);
  * @size:  bytes to map, > 0, rounded up to whole pages; offset + size must lie
  *         inside the segment.
  * @vaddr: NULL to let the library choose, else a page-aligned address to map
- *         at, replacing what is mapped there (as MAP_FIXED) unless that is an
- *         attachment.
+ *         at, replacing what is mapped there (as MAP_FIXED); a range that
+ *         overlaps an attachment is refused.
  *
  * A permit got with XPMEM_RDONLY attaches read-only: a store raises SIGSEGV.
  * Touching a part of the segment where the owner has nothing mapped, or any
