@@ -4,7 +4,7 @@
 # so it is cheap to call every time.
 set -euo pipefail
 packages=(g++ cmake make pkgconf libgtest-dev libgmock-dev util-linux libbenchmark-dev
-    libfmt-dev nlohmann-json3-dev libcxxopts-dev gnuplot-nox liburing-dev "$@")
+    libfmt-dev nlohmann-json3-dev libcxxopts-dev gnuplot-nox liburing-dev mandoc groff-base "$@")
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||

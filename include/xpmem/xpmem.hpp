@@ -1,8 +1,9 @@
 // The C++20 API of libxpmem: RAII owners for a segment, a permit and an attachment.
 //
 // Failures throw std::system_error carrying the errno-valued std::error_code the C API
-// would have set. A moved-from object owns nothing. Destruction gives the resource back
-// (remove / release / detach) and never throws.
+// would have set (its man pages list them), except that an allocation failure inside the
+// library throws std::bad_alloc where the C API sets ENOMEM. A moved-from object owns
+// nothing. Destruction gives the resource back (remove / release / detach) and never throws.
 //
 // ABI: these classes live in libxpmem.so.0 beside the C API, in the inline namespace
 // xpmem::v1 and the symbol version XPMEM_CXX_0.1 (docs/library-abi.md). An incompatible
