@@ -200,8 +200,9 @@ int xpmem_release(xpmem_apid_t apid);
  *            owner while making its memory shareable (EAGAIN when its memory
  *            kept changing, ENOTSUP without userfaultfd write-protection of
  *            shmem, EMFILE, ...).
- * User backend: after a failure with @vaddr given, [@vaddr, @vaddr + @size)
- * may be left unmapped (xpmem_attach(3), BUGS).
+ * A refused attach changes nothing at @vaddr. User backend: one that fails
+ * after the owner accepted it may leave [@vaddr, @vaddr + @size) unmapped
+ * (xpmem_attach(3), BUGS).
  */
 void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr);
 

@@ -4,6 +4,8 @@
 #include <unistd.h>
 #include <xpmem.h>
 
+#include <cstring>
+
 #include "harness.hpp"
 
 namespace {
@@ -138,6 +140,35 @@ TEST_P(Arguments, ReleaseAttachDetach) {
         CHILD_CHECK(xpmem_remove(segid) == 0);
         buffer[0] = 'y';  // the owner's memory is untouched by all of the above
         CHILD_CHECK(buffer[4096 + 4095] == 'x');
+    });
+    EXPECT_CHILD_OK(child);
+}
+
+// A refused attach at a fixed address changes nothing there (docs/contract.md §2, bad
+// input): the application's memory stays mapped with its contents.
+TEST_P(Arguments, RefusedFixedAttachLeavesTheRangeAsItWas) {
+    xt::Process child([] {
+        auto *buffer = reinterpret_cast<char *>(xt::anonymous(4 * 4096).data());
+        xpmem_segid_t segid = xpmem_make(buffer, 4 * 4096, XPMEM_PERMIT_MODE, (void *)0600);
+        xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+        CHILD_CHECK(segid > 0 && apid > 0);
+        auto *kept = reinterpret_cast<char *>(xt::anonymous(5 * 4096).data());
+        std::memset(kept, 'k', 5 * 4096);
+        void *failed = reinterpret_cast<void *>(-1);
+
+        CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 0}, 5 * 4096, kept), failed, EINVAL);
+        CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 4 * 4096}, 4096, kept), failed, EINVAL);
+        CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 3 * 4096}, 2 * 4096, kept), failed,
+                          EINVAL);
+        CHILD_CHECK(xpmem_release(apid) == 0);
+        CHILD_CHECK_ERRNO(xpmem_attach(xpmem_addr{apid, 0}, 4096, kept), failed, EINVAL);
+        apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+        CHILD_CHECK(apid > 0 && xpmem_remove(segid) == 0);
+        CHILD_CHECK(xpmem_attach(xpmem_addr{apid, 0}, 4096, kept) == failed);
+
+        for (std::size_t i = 0; i < 5 * 4096; ++i) CHILD_CHECK(kept[i] == 'k');
+        kept[0] = 'w';  // still the application's writable memory
+        CHILD_CHECK(kept[0] == 'w');
     });
     EXPECT_CHILD_OK(child);
 }

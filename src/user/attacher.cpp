@@ -398,6 +398,21 @@ void *Attacher::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size
     } catch (const std::system_error &) {
         // No userfaultfd here: the attachment shows what the owner had when it was made.
     }
+    std::size_t mapped = 0;
+    std::vector<UniqueFd> fds;
+    auto ask_owner = [&] {
+        fds.clear();
+        auto reply = ask<protocol::AttachReply>(
+            *permit.link,
+            protocol::AttachRequest{
+                .permit = permit.owner_permit, .offset = offset + mapped, .size = size - mapped},
+            &fds);
+        if (reply.error != 0) throw_errno(reply.error, "xpmem_attach");
+        return reply;
+    };
+    // The owner checks the offset and size: a refused attach at a fixed address leaves what
+    // was mapped there.
+    protocol::AttachReply reply = ask_owner();
     Mapping range;
     if (at == nullptr) {
         void *reserved =
@@ -423,15 +438,9 @@ void *Attacher::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size
             self.attaching_.erase(start);
         }
     } unlist{*this, start};
-    std::size_t mapped = 0;
+    map_pieces(start, reply, fds, *permit.link, read_only, size, mapped);
     while (mapped < size) {
-        std::vector<UniqueFd> fds;
-        auto reply = ask<protocol::AttachReply>(
-            *permit.link,
-            protocol::AttachRequest{
-                .permit = permit.owner_permit, .offset = offset + mapped, .size = size - mapped},
-            &fds);
-        if (reply.error != 0) throw_errno(reply.error, "xpmem_attach");
+        reply = ask_owner();
         map_pieces(start, reply, fds, *permit.link, read_only, size, mapped);
     }
     ::madvise(range.data(), size, MADV_DONTFORK);  // fork children inherit no attachment
