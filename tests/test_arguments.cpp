@@ -23,6 +23,19 @@ TEST_P(Arguments, VersionAndInit) {
     EXPECT_CHILD_OK(child);
 }
 
+// A call that succeeds leaves errno as it was, whatever failed inside it (the first call's
+// /dev/xpmem probe; detach's look at an address in no mapping).
+TEST_P(Arguments, SuccessLeavesErrnoAlone) {
+    xt::Process child([] {
+        errno = EXDEV;
+        CHILD_CHECK(xpmem_version() >= 0 && errno == EXDEV);
+        void *hole = mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        munmap(hole, 4096);
+        CHILD_CHECK(xpmem_detach(hole) == 0 && errno == EXDEV);
+    });
+    EXPECT_CHILD_OK(child);
+}
+
 TEST_P(Arguments, Make) {
     xt::Process child([] {
         auto *buffer = reinterpret_cast<char *>(xt::anonymous(4 * 4096).data());

@@ -14,11 +14,15 @@
 
 namespace {
 
-// Runs `operation`; on failure sets errno and returns `failure`.
+// Runs `operation`; on failure sets errno and returns `failure`. A success leaves errno as
+// the caller had it, whatever system calls failed on the way (the /dev/xpmem probe).
 template <class Result, class Operation>
 Result or_errno(Result failure, Operation &&operation) noexcept {
+    int caller_errno = errno;
     try {
-        return operation();
+        Result result = operation();
+        errno = caller_errno;
+        return result;
     } catch (const std::system_error &error) {
         errno = error.code().value();
     } catch (const std::bad_alloc &) {
