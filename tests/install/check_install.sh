@@ -1,25 +1,18 @@
 #!/usr/bin/env bash
 # Installs the built project into a scratch prefix, runs an installed program without
 # LD_LIBRARY_PATH (its run path finds the library), then builds and runs a classic C client
-# through pkg-config (cray-xpmem and xpmem) and a C++ one through find_package.
+# through pkg-config (cray-xpmem and xpmem) and a C++ one through find_package
+# (check_clients.sh).
 set -euo pipefail
 build_dir=$1
 source_dir=$(cd "$(dirname "$0")" && pwd)
 prefix=$(mktemp -d)
 trap 'rm -rf "$prefix"' EXIT
 cmake --install "$build_dir" --prefix "$prefix" >/dev/null
-export PKG_CONFIG_PATH=$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig
-export LD_LIBRARY_PATH=$prefix/lib:$prefix/lib/x86_64-linux-gnu
-for package in cray-xpmem xpmem; do
-    # shellcheck disable=SC2046
-    cc -std=c99 -Wall -Werror -o "$prefix/classic" "$source_dir/classic_client.c" \
-        $(pkg-config --cflags --libs "$package")
-    "$prefix/classic"
-done
 # Installed programs find the installed library by themselves, wherever the prefix is.
 if [[ -x $prefix/bin/xpmem-example-c ]]; then
     env -u LD_LIBRARY_PATH "$prefix/bin/xpmem-example-c" | grep -q "hello back from the attacher"
 fi
-cmake -S "$source_dir/consumer" -B "$prefix/consumer" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
-cmake --build "$prefix/consumer" >/dev/null
-"$prefix/consumer/consumer"
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig
+export LD_LIBRARY_PATH=$prefix/lib:$prefix/lib/x86_64-linux-gnu
+"$source_dir/check_clients.sh" "$prefix"
