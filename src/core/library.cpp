@@ -19,6 +19,7 @@
 #include "user/user_backend.hpp"
 #include "util/error.hpp"
 #include "util/mapping.hpp"
+#include "xpmem_abi.h"  // XPMEM_DEVICE_PATH
 
 namespace xpmem::core {
 namespace {
@@ -32,20 +33,16 @@ using util::throw_errno;
 }
 
 std::unique_ptr<Backend> select_backend() {
-    const char *forced = std::getenv("XPMEM_BACKEND");
-    std::string choice = forced != nullptr ? forced : "";
-    if (choice == "user") return user::make_user_backend();
-    if (choice == "kernel") {
-        kernel::Probe probe = kernel::probe_device();
-        if (probe.error != 0)
-            fail_selection(probe.error, "XPMEM_BACKEND=kernel, but " + probe.message);
-        return kernel::make_kernel_backend(std::move(probe));
+    Decision decision = decide_backend();
+    switch (decision.choice) {
+        case Decision::Choice::kernel:
+            return kernel::make_kernel_backend(std::move(*decision.device));
+        case Decision::Choice::user:
+            return user::make_user_backend();
+        case Decision::Choice::none:
+            break;
     }
-    if (!choice.empty())
-        fail_selection(EINVAL, "XPMEM_BACKEND=" + choice + " is neither 'user' nor 'kernel'");
-    kernel::Probe probe = kernel::probe_device();
-    if (probe.error == 0) return kernel::make_kernel_backend(std::move(probe));
-    return user::make_user_backend();
+    fail_selection(decision.error, decision.reason);
 }
 
 class Library {
@@ -127,6 +124,28 @@ bool in_user_space(std::uintptr_t address, std::size_t size) {
 }
 
 }  // namespace
+
+Decision decide_backend() {
+    const char *forced = std::getenv("XPMEM_BACKEND");
+    std::string choice = forced != nullptr ? forced : "";
+    if (choice == "user") return {Decision::Choice::user, "forced by XPMEM_BACKEND=user", 0, {}};
+    if (!choice.empty() && choice != "kernel")
+        return {Decision::Choice::none,
+                "XPMEM_BACKEND=" + choice + " is neither 'user' nor 'kernel'",
+                EINVAL,
+                {}};
+    kernel::Probe probe = kernel::probe_device();
+    if (choice == "kernel") {
+        if (probe.error != 0)  // (a braced list is evaluated in order: error before the move)
+            return {Decision::Choice::none, "XPMEM_BACKEND=kernel, but " + probe.message,
+                    probe.error, std::move(probe)};
+        return {Decision::Choice::kernel, "forced by XPMEM_BACKEND=kernel", 0, std::move(probe)};
+    }
+    if (probe.error == 0)
+        return {Decision::Choice::kernel, XPMEM_DEVICE_PATH " answers", 0, std::move(probe)};
+    std::string reason = "no usable kernel module (" + probe.message + ")";
+    return {Decision::Choice::user, std::move(reason), 0, std::move(probe)};
+}
 
 Backend &backend() {
     return Library::instance().backend();

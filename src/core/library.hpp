@@ -11,14 +11,30 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <string_view>
+
+#include "kernel/kernel_backend.hpp"
 
 namespace xpmem::core {
 
 class Backend;
 
-// The backend serving this process, selected on first use (see select_backend()).
+// The backend serving this process, selected on first use (see decide_backend()).
 Backend &backend();
+
+// Which backend this process gets and why, decided without making it: XPMEM_BACKEND=user or
+// kernel forces one (a forced kernel backend without a working /dev/xpmem is a failure, any
+// other value too); unset, the kernel backend when /dev/xpmem answers, else the user backend.
+struct Decision {
+    enum class Choice { kernel, user, none } choice;
+    std::string reason;  // for none: the message the library prints before failing
+    int error;           // for none: the errno every call fails with
+    // /dev/xpmem, unless XPMEM_BACKEND ruled it out.
+    std::optional<kernel::Probe> device;
+};
+Decision decide_backend();
 
 // One past the highest user-space address of this process.
 std::uintptr_t user_space_end();

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "user/channel.hpp"
+#include "user/kernel_facilities.hpp"
 #include "util/error.hpp"
 #include "util/mapping.hpp"
 
@@ -39,10 +40,7 @@ std::uint32_t random_serial() {
 
 Attacher::Attacher(Config config, WatchLink watch_link)
     : config_(config), watch_link_(std::move(watch_link)), next_serial_(random_serial()) {
-    sigbus_.reset(static_cast<int>(::memfd_create("xpmem-hole", MFD_CLOEXEC | MFD_ALLOW_SEALING)));
-    if (!sigbus_) throw_last_errno("memfd_create");
-    if (::fcntl(sigbus_.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
-        throw_last_errno("seal hole file");
+    sigbus_ = sealed_memfd("xpmem-hole", 0);
 }
 
 Attacher::~Attacher() = default;

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "user/kernel_facilities.hpp"
 #include "util/error.hpp"
 
 namespace xpmem::user {
@@ -26,9 +27,7 @@ Fetcher::Fetcher(std::function<void(const Fault &)> resolve) : resolve_(std::mov
     for (std::uint64_t features :
          {std::uint64_t{UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EXACT_ADDRESS},
           std::uint64_t{UFFD_FEATURE_THREAD_ID}}) {
-        uffd_.reset(static_cast<int>(
-            ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)));
-        if (!uffd_) throw_last_errno("userfaultfd");
+        uffd_ = open_userfaultfd(true).fd;
         uffdio_api api{UFFD_API, features, 0};
         if (::ioctl(uffd_.get(), UFFDIO_API, &api) == 0) break;
         if (errno != EINVAL || features == UFFD_FEATURE_THREAD_ID) throw_last_errno("UFFDIO_API");

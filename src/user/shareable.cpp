@@ -20,12 +20,9 @@
 #include <optional>
 #include <string>
 
+#include "user/kernel_facilities.hpp"
 #include "util/error.hpp"
 #include "util/mapping.hpp"
-
-#ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)  // Linux 6.7
-#endif
 
 namespace xpmem::user {
 namespace {
@@ -58,29 +55,6 @@ std::uintptr_t step_end(std::uintptr_t cursor, std::uintptr_t end) {
 
 // ---- userfaultfd -------------------------------------------------------------------
 
-// Catches only user-mode faults when that is all it may (without privilege,
-// vm.unprivileged_userfaultfd = 0 allows no more), or when `user_mode_only`.
-UniqueFd open_userfaultfd(bool user_mode_only = false) {
-    int fd =
-        user_mode_only ? -1 : static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
-    if (fd < 0 && (errno == EPERM || user_mode_only)) {
-        fd = static_cast<int>(
-            ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
-    }
-    if (fd < 0) throw_last_errno("userfaultfd");
-    return UniqueFd(fd);
-}
-
-std::uint64_t supported_uffd_features() {
-    static const std::uint64_t features = [] {
-        UniqueFd fd = open_userfaultfd();
-        uffdio_api api{UFFD_API, 0, 0};
-        if (::ioctl(fd.get(), UFFDIO_API, &api) < 0) throw_last_errno("UFFDIO_API");
-        return static_cast<std::uint64_t>(api.features);
-    }();
-    return features;
-}
-
 // A userfaultfd set up for write-protection; `unpopulated` says whether it also protects
 // pages that were never touched (else the caller populates them first).
 // `shmem`: for mappings of our files (Linux 5.19), else for private anonymous memory.
@@ -88,7 +62,7 @@ struct WriteProtector {
     UniqueFd fd;
     bool unpopulated;
 
-    explicit WriteProtector(bool shmem) : fd(open_userfaultfd()) {
+    explicit WriteProtector(bool shmem) : fd(open_userfaultfd().fd) {
         std::uint64_t supported = supported_uffd_features();
         if (shmem && (supported & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) == 0)
             throw_errno(ENOTSUP, "userfaultfd write-protection of shmem");
@@ -408,7 +382,7 @@ Backing::Backing() {
         // User-mode faults only, also for root: the threads of the library read the
         // owner's memory through the kernel (process_vm_readv) while holding the lock the
         // follower needs, so a kernel-mode fault must fail (EFAULT), not wait for it.
-        UniqueFd fd = open_userfaultfd(true);
+        UniqueFd fd = open_userfaultfd(true).fd;
         uffdio_api api{UFFD_API, kEvents | mode_feature, 0};
         if (::ioctl(fd.get(), UFFDIO_API, &api) == 0) follow_ = std::move(fd);
     } catch (const std::system_error &) {
@@ -596,15 +570,10 @@ Backing::File &Backing::file_for(const SegmentRange &segment, bool writable_memo
         if (file.segid == segment.segid && file.writable_memory == writable_memory &&
             offsets_free(file))
             return file;
-    UniqueFd fd(
-        static_cast<int>(::memfd_create(writable_memory ? "xpmem-segment-rw" : "xpmem-segment-ro",
-                                        MFD_CLOEXEC | MFD_ALLOW_SEALING)));
-    if (!fd) throw_last_errno("memfd_create");
-    if (::ftruncate(fd.get(), static_cast<off_t>(segment.size)) < 0) throw_last_errno("ftruncate");
     // Attachers hold these descriptors: none of them may resize the file under the owner,
     // nor reopen a read-only descriptor for writing.
-    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
-        throw_last_errno("F_ADD_SEALS");
+    UniqueFd fd =
+        sealed_memfd(writable_memory ? "xpmem-segment-rw" : "xpmem-segment-ro", segment.size);
     if (::fchmod(fd.get(), S_IRUSR) < 0) throw_last_errno("fchmod");
     struct stat status {};
     if (::fstat(fd.get(), &status) < 0) throw_last_errno("fstat");

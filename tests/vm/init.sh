@@ -73,6 +73,7 @@ failed=0
 FILTER=$(cat /filter)
 XPMEM_TEST_CACHE_ROUNDS=$(cat /cache-rounds)
 export XPMEM_TEST_CACHE_ROUNDS
+export XPMEM_INFO_TOOL=/bin/xpmem-info  # test_info's tool (run.sh copies it)
 # shellcheck disable=SC2046 # the arguments are words
 [ -x /debug ] && { timeout 900 /debug $(cat /debug-arguments); echo "guest: debug exit $?"; }
 cd /tmp

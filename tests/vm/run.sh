@@ -157,6 +157,7 @@ for kernel in $kernels; do
         -exec cp {} "$initramfs/tests/" \;
     cp "$module/xpmem.ko" "$initramfs/"
     cp "$work/static/tests/fuzz/xpmem-kernel-fuzz" "$initramfs/bin/"
+    cp "$work/static/tests/info/xpmem-info" "$initramfs/bin/"  # for test_info
     fuzz_seconds=60
     [[ $filter == '*' ]] || fuzz_seconds=0
     echo "${XPMEM_VM_FUZZ_SECONDS:-$fuzz_seconds} ${XPMEM_VM_FUZZ_ARGS:-}" >"$initramfs/fuzz"
