@@ -1182,6 +1182,74 @@ TEST_P(Follow, CachedWindowOverMallocAndMmapShowsEveryRoundsBufferAsNobody) {
     cache_test(Layout::heap, true);
 }
 
+// A fault asks the owner for the rest of the window from the page touched (up to 1 MiB),
+// and the owner makes that shareable. Another thread of the owner may be replacing the
+// memory beyond the page right then: its conversion fails, maybe with the mapping looking
+// as before by the time the owner checks (the same range, mapped again), and that must not
+// fail the page touched, which the owner kept mapped all along; nor may the owner lose
+// sight of the part of its buffer converted together with memory replaced the next moment.
+// Each round the owner replaces its buffer and fills it, then replaces all but its first
+// page and fills that (so the attacher's next load faults each time), while a second
+// thread keeps mapping fresh memory over the rest of the window, as an allocator reusing a
+// freed range does. The attacher checks each change on its first access since.
+TEST_P(Follow, FaultShowsTheBufferWhileAnotherThreadReplacesTheMemoryAfterIt) {
+    constexpr std::size_t kBuffer = 16 * kPage, kWindow = 256 << 10;
+    constexpr std::uint64_t kChanges = 2000;  // even: the whole buffer; odd: all but page 0
+    auto changed_from = [](std::uint64_t change) { return change % 2 == 0 ? 0 : kPage; };
+    xt::Channel channel;
+    xt::Process owner([&] {
+        auto memory = xt::anonymous(kWindow);
+        auto *buffer = reinterpret_cast<char *>(memory.data());
+        auto segment = xpmem::Segment::make(memory);
+        channel.send_a(segment.id());
+        CHILD_CHECK(channel.receive_a<int>() == 1);
+        std::atomic<bool> stop{false};
+        std::thread replacer([&] {
+            while (!stop.load()) map_fresh(buffer + kBuffer, kWindow - kBuffer);
+        });
+        for (std::uint64_t change = 0; change < kChanges; ++change) {
+            char *from = buffer + changed_from(change);
+            std::size_t size = kBuffer - changed_from(change);
+            map_fresh(from, size);
+            std::fill_n(reinterpret_cast<std::uint64_t *>(from), size / 8, change);
+            channel.send_a(change);
+            CHILD_CHECK(channel.receive_a<std::uint64_t>() == change);
+        }
+        stop = true;
+        replacer.join();
+    });
+    xt::Process attacher([&] {
+        catch_faults();
+        auto permit = xpmem::Permit::get(channel.receive_b<xpmem::SegmentId>());
+        auto view = permit.attach(0, kWindow);
+        channel.send_b(1);
+        std::uint64_t faulted = 0, wrong = 0;
+        std::string first;
+        for (std::uint64_t change = 0; change < kChanges; ++change) {
+            CHILD_CHECK(channel.receive_b<std::uint64_t>() == change);
+            const auto *words = reinterpret_cast<const volatile std::uint64_t *>(
+                view.data() + changed_from(change));
+            std::size_t count = (kBuffer - changed_from(change)) / sizeof *words;
+            std::uint64_t seen = change;  // a word that is not the change's, if any
+            Fault fault = probe([&] {     // the first word first: the first access since
+                for (std::size_t i = 0; i < count && seen == change; ++i) seen = words[i];
+            });
+            faulted += fault.signal != 0;
+            wrong += fault.signal == 0 && seen != change;
+            if ((fault.signal != 0 || seen != change) && first.empty())
+                first = "change " + std::to_string(change) + ": " +
+                        (fault.signal != 0 ? fault.describe() : "read " + std::to_string(seen));
+            channel.send_b(change);
+        }
+        if (faulted + wrong > 0)
+            xt::fail(__FILE__, __LINE__,
+                     std::to_string(faulted) + " of " + std::to_string(kChanges) +
+                         " changes raised a signal, " + std::to_string(wrong) +
+                         " read other bytes; first: " + first);
+    });
+    xt::expect_all_ok({&attacher, &owner});
+}
+
 INSTANTIATE_BACKENDS(Follow);
 
 }  // namespace
