@@ -1306,6 +1306,40 @@ TEST_P(UserAttacks, StoppedOwnerAttachTimesOut) {
     });
 }
 
+// An owner that holds back its answer to a fixed attach cannot make that attach land over
+// an attachment another thread made at the same address meanwhile: the late attach fails,
+// and the other thread's attachment keeps showing its own segment.
+TEST_P(UserAttacks, SlowOwnerCannotClobberAFixedAttachMadeMeanwhile) {
+    with_stopped_owner([](VictimInfo info, xt::Channel &steps) {
+        setenv("XPMEM_USER_TIMEOUT_MS", "20000", 1);  // the late reply must still come
+        Findings findings;
+        xpmem_apid_t slow = xpmem_get(info.segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+        CHILD_CHECK(slow > 0 && attach_reads_owner(slow));
+        auto *mine = reinterpret_cast<char *>(xt::anonymous(kPage).data());
+        std::strcpy(mine, "MINE");
+        xpmem_segid_t own = xpmem_make(mine, kPage, XPMEM_PERMIT_MODE, (void *)0600);
+        xpmem_apid_t fast = xpmem_get(own, XPMEM_RDWR, XPMEM_PERMIT_MODE, nullptr);
+        CHILD_CHECK(own > 0 && fast > 0);
+        void *at = mmap(nullptr, kPage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        CHILD_CHECK(at != MAP_FAILED);
+
+        step(steps, 1);  // the owner stops
+        void *late = nullptr;
+        std::thread slow_attach([&] { late = xpmem_attach(xpmem_addr{slow, 0}, kPage, at); });
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));  // its request is out
+        void *made = xpmem_attach(xpmem_addr{fast, 0}, kPage, at);
+        findings.check(made == at, std::string("the fixed attach meanwhile: ") + strerror(errno));
+        step(steps, 2);  // the owner answers the first attach now
+        slow_attach.join();
+        findings.check(late == reinterpret_cast<void *>(-1),
+                       "the late fixed attach landed over the attachment made meanwhile");
+        findings.check(std::strcmp(static_cast<char *>(at), "MINE") == 0,
+                       "the attachment made meanwhile no longer shows its segment");
+        steps.send_b(0);
+        REPORT(findings);
+    });
+}
+
 TEST_P(UserAttacks, StoppedOwnerGetTimesOut) {
     with_stopped_owner([](VictimInfo info, xt::Channel &steps) {
         Findings findings;

@@ -7,7 +7,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 #include <system_error>
 #include <xpmem/info.hpp>
@@ -21,12 +20,20 @@ namespace {
 constexpr int kCapSysPtrace = 19;  // linux/capability.h
 
 // The text of a small /proc, /sys or debugfs file, or the errno of opening it.
+// The whole of a small kernel file, or the errno of opening or reading it. Close-on-exec: a
+// thread that forks and execs meanwhile passes no descriptor on (debugfs is root's).
 std::pair<std::string, int> read_file(const char *path) {
-    std::ifstream file(path);
-    if (!file) return {"", errno != 0 ? errno : EIO};
-    std::ostringstream text;
-    text << file.rdbuf();
-    return {text.str(), 0};
+    util::UniqueFd file(::open(path, O_RDONLY | O_CLOEXEC));
+    if (!file) return {"", errno};
+    std::string text;
+    char chunk[4096];
+    for (;;) {
+        ssize_t got = ::read(file.get(), chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return {"", errno};
+        if (got == 0) return {text, 0};
+        text.append(chunk, static_cast<std::size_t>(got));
+    }
 }
 
 std::string describe(const char *path, int error) {

@@ -381,13 +381,6 @@ void *Attacher::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size
         if (it == permits_.end()) throw_errno(EINVAL, "xpmem_attach: unknown permit");
         permit = it->second;
         if (revoked_.count(permit.segid) != 0) throw_errno(ENOENT, "xpmem_attach: removed");
-        if (at != nullptr) {
-            auto start = reinterpret_cast<std::uintptr_t>(at);
-            auto next = attachments_.lower_bound(start + size);
-            if (next != attachments_.begin() &&
-                std::prev(next)->first + std::prev(next)->second.size > start)
-                throw_errno(EINVAL, "xpmem_attach: over an attachment");
-        }
     }
     bool read_only = permit.flags == XPMEM_RDONLY;
     int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
@@ -411,22 +404,39 @@ void *Attacher::attach(xpmem_apid_t apid, std::uint64_t offset, std::size_t size
     // The owner checks the offset and size: a refused attach at a fixed address leaves what
     // was mapped there.
     protocol::AttachReply reply = ask_owner();
+    // Until it is recorded, the range is ours all the same: our service must never hand
+    // it out as the application's memory. A fixed range is claimed before it is replaced,
+    // in one step with the check that no attachment, made or being made, lies there.
+    std::uintptr_t start = reinterpret_cast<std::uintptr_t>(at);
     Mapping range;
     if (at == nullptr) {
         void *reserved =
             ::mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (reserved == MAP_FAILED) throw_last_errno("xpmem_attach: reserve");
         range = Mapping(reserved, size);
-    } else {
-        map_sigbus(reinterpret_cast<std::uintptr_t>(at), size, prot);  // MAP_FIXED semantics
-        range = Mapping(at, size);
-    }
-    // Until it is recorded, the range is ours all the same: our service must never hand
-    // it out as the application's memory.
-    std::uintptr_t start = range.address();
-    {
+        start = range.address();
         std::lock_guard lock(mutex_);
         attaching_[start] = size;
+    } else {
+        {
+            std::lock_guard lock(mutex_);
+            auto meets = [&](const auto &ranges, auto end_of) {
+                auto next = ranges.lower_bound(start + size);
+                return next != ranges.begin() && end_of(*std::prev(next)) > start;
+            };
+            if (meets(attachments_, [](const auto &made) { return made.first + made.second.size; }) ||
+                meets(attaching_, [](const auto &being) { return being.first + being.second; }))
+                throw_errno(EINVAL, "xpmem_attach: over an attachment");
+            attaching_[start] = size;
+        }
+        try {
+            map_sigbus(start, size, prot);  // MAP_FIXED semantics
+        } catch (...) {
+            std::lock_guard lock(mutex_);
+            attaching_.erase(start);
+            throw;
+        }
+        range = Mapping(at, size);
     }
     struct Unlist {
         Attacher &self;
