@@ -188,10 +188,6 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
             // Private memory, or another segment's file nobody was given: make it this
             // segment's, unless io_uring pinned it (docs/security.md: pinned memory).
             length = std::min<std::uint64_t>(length, kMaxConvertPerReply - converted);
-            // A fault's page goes first and alone: the rest of the window may be memory
-            // another thread of the owner replaces right now, which fails to convert, and
-            // must not fail the page touched, which the owner kept mapped.
-            if (populate && reply.piece_count == 0) length = util::kPageSize;
             piece_end = cursor + length;
             if (!pinned) pinned = io_uring_buffers();
             if (std::any_of(pinned->begin(), pinned->end(), [&](const Range &range) {
@@ -202,13 +198,11 @@ void describe_range(Backing &backing, const RangeRequest &request, protocol::Att
             try {
                 made = &backing.make_shareable(segment, *vma, cursor, piece_end, maps);
             } catch (const std::system_error &error) {
-                // What is described so far is answered; the rest is asked for again, and a
-                // lasting failure then fails that request. Another thread of the owner
-                // changed the memory meanwhile (the conversion says so, or the mapping is
-                // not what it was, though it may be again by now: an error is then taken
-                // for a lasting one): try again from its new mappings (handle_attach).
-                if (reply.piece_count > 0) break;
+                // Another thread of the owner changed the memory meanwhile (the conversion
+                // says so, or the mapping is not what it was): answer what is described so
+                // far, or try again from its new mappings (handle_attach).
                 if (error.code().value() != EAGAIN && still_mapped(*vma)) throw;
+                if (reply.piece_count > 0) break;
                 throw_errno(EAGAIN, "memory changed");
             }
             Backing::File &target = *made;

@@ -413,37 +413,12 @@ void add_range(std::map<std::uintptr_t, std::uintptr_t> &ranges, std::uintptr_t 
 
 void Backing::follow(File &file, std::uintptr_t start, std::uintptr_t end) {
     if (!follow_) return;
-    add_range(file.followed, start, end);
     uffdio_register reg{{start, end - start}, follow_mode_, 0};
-    if (::ioctl(follow_.get(), UFFDIO_REGISTER, &reg) == 0) return;
-    // Another thread of the owner replaced part of the range the moment it was converted,
-    // and the range as a whole cannot be registered: what the file holds where the owner
-    // no longer maps it is nobody's memory (punched), and what it still maps there must be
-    // followed all the same, or the owner's next unmap there would go unseen. Each attempt
-    // fails only if the owner changed the range again meanwhile.
-    constexpr int kAttempts = 8;
-    for (int attempt = 0; attempt < kAttempts; ++attempt) {
-        follow_unmapped();
-        if (follow_natural(file, start, end)) return;
-    }
-}
-
-bool Backing::follow_natural(const File &file, std::uintptr_t start, std::uintptr_t end) noexcept {
-    struct stat status {};
-    std::span<const MapEntry> maps;
-    try {
-        if (::fstat(file.fd.get(), &status) < 0) return true;
-        maps = maps_.read();
-    } catch (const std::system_error &) {
-        return true;  // nothing to go by
-    }
-    for (const MapEntry &entry : maps) {
-        std::uintptr_t from = std::max(start, entry.start), to = std::min(end, entry.end);
-        if (from >= to || !natural(status.st_ino, file, entry)) continue;
-        uffdio_register reg{{from, to - from}, follow_mode_, 0};
-        if (::ioctl(follow_.get(), UFFDIO_REGISTER, &reg) < 0) return false;
-    }
-    return true;
+    bool registered = ::ioctl(follow_.get(), UFFDIO_REGISTER, &reg) == 0;
+    add_range(file.followed, start, end);
+    // Another thread of the owner replaced the range the moment it was converted: what
+    // the file holds there is nobody's memory.
+    if (!registered) follow_unmapped();
 }
 
 void Backing::unfollow(std::uintptr_t start, std::uintptr_t end) noexcept {

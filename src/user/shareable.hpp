@@ -130,9 +130,6 @@ class Backing {
                    std::uint64_t length, std::span<const Vma> maps);
     void take_back(const File &file, std::span<const Vma> maps);
     void follow(File &file, std::uintptr_t start, std::uintptr_t end);
-    // Registers the parts of [start, end) that map `file` at its natural place; false if
-    // one of them changed meanwhile.
-    bool follow_natural(const File &file, std::uintptr_t start, std::uintptr_t end) noexcept;
     void unfollow(std::uintptr_t start, std::uintptr_t end) noexcept;
     static bool natural(ino_t inode, const File &file, const MapEntry &entry);
     bool follow_gone(ino_t inode, File &file, std::uintptr_t start, std::uintptr_t end,
